@@ -1,0 +1,23 @@
+# aha-countdown: GRPO on Countdown, from data to report. See README.md and docs/.
+#   snakemake --cores 2                                   # embedded tiny default (CPU, offline)
+#   snakemake --configfile config/config.yaml --profile workflow/profiles/slurm   # the seed
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+# The embedded default applies only when no --configfile is given: a --configfile is merged
+# over a `configfile:` directive, so declaring one here would leak its runs into every DAG.
+if not config:
+
+    configfile: "config/tiny.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

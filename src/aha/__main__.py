@@ -1,0 +1,46 @@
+"""`python -m aha STAGE ...`: one entry point for every workflow stage.
+
+Stage modules are imported only when their stage runs, so `python -m aha score` never pays for
+importing torch and `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# stage name -> (module, one-line description). Each module exposes `cli(argv: list[str])`.
+STAGES: dict[str, tuple[str, str]] = {
+    "prepare-data": ("aha.data", "load or generate Countdown tasks; write train/test/eval splits"),
+    "build-tiny": ("aha.tiny", "build the offline tiny tokenizer + Qwen2 model and warm-start it"),
+    "train": ("aha.train", "GRPO training of one run with TRL; checkpoints at configured steps"),
+    "sample": ("aha.sample", "sample completions for the eval prompts from one checkpoint"),
+    "score": ("aha.score", "success rate, pass@k, format, lengths and aha behaviours"),
+    "aggregate": ("aha.score", "collect every score file into results/summary.tsv"),
+    "plots": ("aha.report", "seaborn figures for the report"),
+    "tables": ("aha.report", "HTML tables for the report"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, STAGES))
+    lines = ["usage: python -m aha STAGE [options]   (python -m aha STAGE --help)", "", "stages:"]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in STAGES.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return
+    stage, rest = argv[0], argv[1:]
+    if stage not in STAGES:
+        sys.exit(f"aha: unknown stage {stage!r}\n\n{_usage()}")
+    module = importlib.import_module(STAGES[stage][0])
+    entry = getattr(module, "cli_" + stage.replace("-", "_"), None) or module.cli
+    entry(rest, prog=f"python -m aha {stage}")
+
+
+if __name__ == "__main__":
+    main()

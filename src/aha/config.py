@@ -1,0 +1,124 @@
+"""Semantic checks of the experiment config and the per-run view of it.
+
+The JSON schema (workflow/schemas/config.schema.yaml) checks types, enums, unknown keys and fills
+defaults; this module checks what a schema cannot: relations between keys. Each failure is one
+line that names the key, raised at DAG build so a bad sweep never reaches a GPU queue.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+MODES = ("cpu", "qlora", "zero3")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def run_view(config: dict[str, Any], run: str) -> dict[str, Any]:
+    """The effective settings of one run: top-level model/checkpoints with its overrides."""
+    if run not in config.get("runs", {}):
+        raise ConfigError(f"runs.{run}: no such run (have: {', '.join(config.get('runs', {}))})")
+    spec = config["runs"][run]
+    model = copy.deepcopy(config.get("model", {}))
+    model.update(spec.get("model") or {})
+    return {
+        "name": run,
+        "mode": spec.get("mode"),
+        "model": model,
+        "checkpoints": list(spec.get("checkpoints") or config.get("checkpoints") or []),
+        "grpo": dict(spec.get("grpo") or {}),
+        "lora": dict(spec.get("lora") or {}),
+        "quantization": dict(spec.get("quantization") or {}),
+        "vllm_server": dict(spec.get("vllm_server") or {}),
+    }
+
+
+def steps(config: dict[str, Any], run: str) -> list[int]:
+    """Step 0 (the untrained baseline) followed by the run's checkpoint steps."""
+    return [0, *run_view(config, run)["checkpoints"]]
+
+
+def generation_batch_size(grpo: dict[str, Any], num_processes: int = 1) -> int:
+    """TRL's generation batch: explicit, or per-device batch x processes x steps_per_generation."""
+    if grpo.get("generation_batch_size"):
+        return int(grpo["generation_batch_size"])
+    per_device = int(grpo.get("per_device_train_batch_size", 8))
+    spg = int(grpo.get("steps_per_generation") or grpo.get("gradient_accumulation_steps", 1))
+    return per_device * num_processes * spg
+
+
+def check(config: dict[str, Any]) -> None:
+    """Raise ConfigError with one line naming the key on the first semantic problem."""
+    runs = config.get("runs")
+    if not isinstance(runs, dict) or not runs:
+        raise ConfigError("runs: at least one run is required")
+    model = config.get("model", {})
+    if model.get("source") == "tiny":
+        tiny = model.get("tiny", {})
+        heads, kv = tiny.get("num_attention_heads", 1), tiny.get("num_key_value_heads", 1)
+        if heads % kv:
+            raise ConfigError(
+                f"model.tiny.num_key_value_heads: {kv} must divide num_attention_heads ({heads})"
+            )
+        if tiny.get("hidden_size", heads) % heads:
+            raise ConfigError("model.tiny.hidden_size: must be a multiple of num_attention_heads")
+    ds = config.get("dataset", {})
+    if ds.get("source") == "path" and not ds.get("path"):
+        raise ConfigError("dataset.path: required when dataset.source is 'path'")
+    gen = ds.get("generate", {})
+    for key in ("number_range", "target_range"):
+        lo, hi = gen.get(key, [0, 1])
+        if lo > hi:
+            raise ConfigError(f"dataset.generate.{key}: [{lo}, {hi}] is empty (min > max)")
+    n_test = round(ds.get("num_samples", 2) * ds.get("test_size", 0.1))
+    if ds.get("eval_size", 1) > n_test:
+        raise ConfigError(
+            f"dataset.eval_size: {ds.get('eval_size')} exceeds the test split ({n_test} tasks)"
+        )
+    for name, spec in runs.items():
+        _check_run(config, name, spec)
+
+
+def _check_run(config: dict[str, Any], name: str, spec: Any) -> None:
+    key = f"runs.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{key}: must be a mapping with 'mode' and 'grpo'")
+    if spec.get("mode") not in MODES:
+        raise ConfigError(f"{key}.mode: {spec.get('mode')!r} is not one of {', '.join(MODES)}")
+    if not isinstance(spec.get("grpo"), dict):
+        raise ConfigError(f"{key}.grpo: required (GRPOConfig options for this run)")
+    grpo = spec["grpo"]
+    max_steps = grpo.get("max_steps")
+    if not isinstance(max_steps, int) or max_steps <= 0:
+        raise ConfigError(f"{key}.grpo.max_steps: required, a positive integer (got {max_steps!r})")
+    view = run_view(config, name)
+    ckpt_key = f"{key}.checkpoints" if spec.get("checkpoints") else "checkpoints"
+    ckpts = view["checkpoints"]
+    if any(not isinstance(s, int) or s <= 0 for s in ckpts):
+        raise ConfigError(f"{ckpt_key}: steps must be positive integers (got {ckpts})")
+    if any(b <= a for a, b in zip(ckpts, ckpts[1:], strict=False)):
+        raise ConfigError(f"{ckpt_key}: steps must be strictly ascending (got {ckpts})")
+    if ckpts[-1] > max_steps:
+        raise ConfigError(
+            f"{ckpt_key}: step {ckpts[-1]} is beyond {key}.grpo.max_steps ({max_steps})"
+        )
+    n_gen = grpo.get("num_generations", 8)
+    if not isinstance(n_gen, int) or n_gen < 2:
+        raise ConfigError(f"{key}.grpo.num_generations: must be an integer >= 2 (got {n_gen!r})")
+    batch = generation_batch_size(grpo)
+    if batch % n_gen:
+        raise ConfigError(
+            f"{key}.grpo.num_generations: {n_gen} does not divide the generation batch ({batch} "
+            "= per_device_train_batch_size x steps_per_generation, or generation_batch_size)"
+        )
+    if spec["mode"] == "cpu" and view["model"].get("source") != "tiny" and grpo.get("bf16"):
+        raise ConfigError(f"{key}.grpo.bf16: not available in mode cpu")
+    if spec["mode"] != "qlora" and (spec.get("lora") or spec.get("quantization")):
+        raise ConfigError(f"{key}.lora: LoRA/quantization settings need mode qlora")
+    if spec.get("vllm_server") and not (
+        spec["mode"] == "zero3" and grpo.get("vllm_mode") == "server"
+    ):
+        raise ConfigError(f"{key}.vllm_server: needs mode zero3 with grpo.vllm_mode server")
