@@ -10,7 +10,7 @@ min_version("9.0")
 # over a `configfile:` directive, so declaring one here would leak its runs into every DAG.
 if not config:
 
-    configfile: "config/tiny.yaml"
+    configfile: f"{workflow.basedir}/config/tiny.yaml"
 
 
 include: "workflow/rules/common.smk"

@@ -16,7 +16,10 @@ TINY_TEST_CONFIG = ROOT / "tests" / "data" / "tiny-test.yaml"
 
 
 def snakemake(
-    workdir: Path, *args: str, configfile: Path | None = TINY_TEST_CONFIG, check: bool = True,
+    workdir: Path,
+    *args: str,
+    configfile: Path | None = TINY_TEST_CONFIG,
+    check: bool = True,
     timeout: float = 1800,
 ) -> subprocess.CompletedProcess[str]:
     """Run this repository's workflow with `workdir` as working directory; output captured."""
@@ -24,8 +27,15 @@ def snakemake(
     if configfile is not None:
         cmd += ["--configfile", str(configfile)]
     cmd += list(args)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, cwd=workdir, env=env, text=True, capture_output=True, timeout=timeout)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    proc = subprocess.run(
+        cmd, cwd=workdir, env=env, text=True, capture_output=True, timeout=timeout
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"

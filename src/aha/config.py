@@ -8,13 +8,47 @@ line that names the key, raised at DAG build so a bad sweep never reaches a GPU 
 from __future__ import annotations
 
 import copy
+import itertools
+import re
+from pathlib import Path
 from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
 
 MODES = ("cpu", "qlora", "zero3")
 
 
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key."""
+
+
+def schema_error(config: dict[str, Any], schema_path: str | Path) -> str | None:
+    """One line naming the offending key, or None if `config` fits the schema.
+
+    Snakemake's `validate` (which also fills defaults) reports an unknown top-level key by
+    printing the whole schema; this says the same in one line first.
+    """
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    return None if error is None else _describe(error)
+
+
+def _describe(error: ValidationError) -> str:
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        prefix = f"{where}." if where else ""
+        keys = ", ".join(prefix + k for k in extra)
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        return f"{keys}: unknown key{'s' if len(extra) > 1 else ''}{hint}"
+    if error.validator == "required":
+        missing = re.search(r"'([^']+)' is a required property", error.message)
+        key = missing.group(1) if missing else "?"
+        return f"{where + '.' if where else ''}{key}: required"
+    return f"{where or '(top level)'}: {error.message}"
 
 
 def run_view(config: dict[str, Any], run: str) -> dict[str, Any]:
@@ -73,8 +107,8 @@ def check(config: dict[str, Any]) -> None:
         lo, hi = gen.get(key, [0, 1])
         if lo > hi:
             raise ConfigError(f"dataset.generate.{key}: [{lo}, {hi}] is empty (min > max)")
-    n_test = round(ds.get("num_samples", 2) * ds.get("test_size", 0.1))
-    if ds.get("eval_size", 1) > n_test:
+    n_test = round(ds.get("num_samples", 0) * ds.get("test_size", 0))
+    if {"num_samples", "test_size", "eval_size"} <= ds.keys() and ds["eval_size"] > n_test:
         raise ConfigError(
             f"dataset.eval_size: {ds.get('eval_size')} exceeds the test split ({n_test} tasks)"
         )
@@ -99,7 +133,7 @@ def _check_run(config: dict[str, Any], name: str, spec: Any) -> None:
     ckpts = view["checkpoints"]
     if any(not isinstance(s, int) or s <= 0 for s in ckpts):
         raise ConfigError(f"{ckpt_key}: steps must be positive integers (got {ckpts})")
-    if any(b <= a for a, b in zip(ckpts, ckpts[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(ckpts)):
         raise ConfigError(f"{ckpt_key}: steps must be strictly ascending (got {ckpts})")
     if ckpts[-1] > max_steps:
         raise ConfigError(

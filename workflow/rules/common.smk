@@ -6,17 +6,20 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from aha.config import ConfigError, check, run_view, steps
+from aha.config import ConfigError, check, run_view, schema_error, steps
 
-validate(config, schema="../schemas/config.schema.yaml")
+SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
+if problem := schema_error(config, SCHEMA):
+    raise WorkflowError(f"invalid config: {problem}")
+validate(config, schema=SCHEMA)  # fills the schema's defaults in
 try:
     check(config)
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
-# Stages run through the interpreter that runs Snakemake (the project venv); override with
-# AHA_PYTHON, e.g. in a cluster image with the package installed elsewhere.
-AHA = f"{os.environ.get('AHA_PYTHON', sys.executable)} -m aha"
+# Rules call `python -m aha STAGE`: the interpreter running Snakemake (the project venv) goes
+# first on PATH, so `python` is it even when the venv is not activated.
+shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 DATA = "results/data"
 RUNS = list(config["runs"])
 

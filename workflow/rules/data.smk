@@ -9,9 +9,12 @@ rule prepare_dataset:
         card=f"{DATA}/card.json",
     params:
         dataset=lambda wc: as_json(config["dataset"]),
+        out_dir=lambda wc, output: os.path.dirname(output.card),
     log:
         "logs/prepare_dataset/prepare_dataset.log",
     benchmark:
         "benchmarks/prepare_dataset/prepare_dataset.tsv"
+    conda:
+        "../envs/aha.yaml"
     shell:
-        "{AHA} prepare-data --dataset {params.dataset:q} --out-dir {DATA} > {log} 2>&1"
+        "python -m aha prepare-data --dataset {params.dataset:q} --out-dir {params.out_dir} > {log} 2>&1"

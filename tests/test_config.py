@@ -1,0 +1,168 @@
+"""Config validation: every bad config is refused at DAG build with one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from aha.config import ConfigError, check, generation_batch_size, run_view, schema_error, steps
+from tests.conftest import ROOT, snakemake
+
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def base() -> dict:
+    return {
+        "dataset": {"num_samples": 1000, "eval_size": 10},
+        "checkpoints": [2, 4],
+        "runs": {
+            "r": {
+                "mode": "cpu",
+                "grpo": {"max_steps": 4, "num_generations": 4, "per_device_train_batch_size": 8},
+            }
+        },
+    }
+
+
+def with_change(path: str, value) -> dict:
+    cfg = base()
+    *parents, last = path.split(".")
+    node = cfg
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("checkpoints", [0, 4], "checkpoints: steps must be positive integers"),
+        ("checkpoints", [-2, 4], "checkpoints: steps must be positive integers"),
+        ("checkpoints", [4, 2], "checkpoints: steps must be strictly ascending"),
+        ("checkpoints", [2, 2], "checkpoints: steps must be strictly ascending"),
+        ("checkpoints", [2, 8], "checkpoints: step 8 is beyond runs.r.grpo.max_steps (4)"),
+        ("runs.r.checkpoints", [3, 1], "runs.r.checkpoints: steps must be strictly ascending"),
+        ("runs.r.grpo.num_generations", 1, "runs.r.grpo.num_generations: must be an integer >= 2"),
+        (
+            "runs.r.grpo.num_generations",
+            3,
+            "runs.r.grpo.num_generations: 3 does not divide the generation batch (8",
+        ),
+        (
+            "runs.r.grpo.generation_batch_size",
+            6,
+            "runs.r.grpo.num_generations: 4 does not divide the generation batch (6",
+        ),
+        ("runs.r.grpo.max_steps", None, "runs.r.grpo.max_steps: required"),
+        ("runs.r.lora", {"r": 8}, "runs.r.lora: LoRA/quantization settings need mode qlora"),
+        ("dataset.eval_size", 500, "dataset.eval_size: 500 exceeds the test split"),
+    ],
+)
+def test_semantic_checks_name_the_key(path: str, value, message: str) -> None:
+    cfg = with_change(path, value)
+    if value is not None:
+        validate(cfg, str(SCHEMA))  # as at DAG build: defaults filled in
+    with pytest.raises(ConfigError) as err:
+        check(cfg)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({**base(), "extra": 1}, "extra: unknown key"),
+        (with_change("runs.r.mode", "gpu"), "runs.r.mode: 'gpu' is not one of"),
+        ({"runs": {"r": {"mode": "cpu"}}}, "runs.r.grpo: required"),
+        (with_change("sampling.temprature", 0.7), "sampling.temprature: unknown key"),
+        (with_change("runs.r.lr", 0.1), "runs.r.lr: unknown key"),
+        ({"checkpoints": [1]}, "runs: required"),
+        (with_change("dataset.source", "s3"), "dataset.source: 's3' is not one of"),
+    ],
+)
+def test_schema_errors_are_one_line_naming_the_key(cfg: dict, message: str) -> None:
+    problem = schema_error(cfg, SCHEMA)
+    assert problem is not None and message in problem
+    assert "\n" not in problem
+
+
+def test_valid_configs_pass() -> None:
+    for name in ("tiny.yaml", "config.yaml"):
+        cfg = yaml.safe_load((ROOT / "config" / name).read_text())
+        assert schema_error(cfg, SCHEMA) is None, name
+        validate(cfg, str(SCHEMA))
+        check(cfg)
+    assert schema_error(base(), SCHEMA) is None
+    check(base())
+
+
+def test_run_view_applies_overrides_without_touching_the_config() -> None:
+    cfg = base()
+    cfg["model"] = {"source": "hub", "name_or_path": "A"}
+    cfg["runs"]["r"]["model"] = {"name_or_path": "B"}
+    cfg["runs"]["r"]["checkpoints"] = [1, 3]
+    before = copy.deepcopy(cfg)
+    view = run_view(cfg, "r")
+    assert view["model"] == {"source": "hub", "name_or_path": "B"}
+    assert steps(cfg, "r") == [0, 1, 3]
+    assert cfg == before
+    with pytest.raises(ConfigError, match=r"runs\.nope: no such run"):
+        run_view(cfg, "nope")
+
+
+def test_generation_batch_size() -> None:
+    assert (
+        generation_batch_size({"per_device_train_batch_size": 8, "gradient_accumulation_steps": 8})
+        == 64
+    )
+    assert (
+        generation_batch_size({"per_device_train_batch_size": 8, "steps_per_generation": 2}, 3)
+        == 48
+    )
+    assert generation_batch_size({"generation_batch_size": 12}) == 12
+
+
+def write(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("runs.r.mode", "tpu", "invalid config: runs.r.mode: 'tpu' is not one of"),
+        ("bogus", True, "invalid config: bogus: unknown key"),
+        ("checkpoints", [4, 2], "invalid config: checkpoints: steps must be strictly ascending"),
+    ],
+)
+def test_snakemake_refuses_bad_config_at_dag_build(
+    tmp_path: Path, path: str, value, message: str
+) -> None:
+    cfg = with_change(path, value)
+    proc = snakemake(tmp_path, "-n", configfile=write(tmp_path, cfg), check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("configfile", ["config/tiny.yaml", "config/config.yaml"])
+def test_dry_run_both_configs(tmp_path: Path, configfile: str) -> None:
+    proc = snakemake(tmp_path, "-n", configfile=ROOT / configfile)
+    assert "prepare_dataset" in proc.stdout
+
+
+def test_configfile_runs_do_not_leak_between_configs(tmp_path: Path) -> None:
+    """The tiny default must not add its run to a DAG built from another config file."""
+    proc = snakemake(tmp_path, "-n", "--printshellcmds", configfile=ROOT / "config" / "config.yaml")
+    assert "tiny-cpu" not in proc.stdout
+
+
+def test_lint_is_clean(tmp_path: Path) -> None:
+    proc = snakemake(tmp_path, "--lint", configfile=None, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
