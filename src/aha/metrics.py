@@ -1,0 +1,161 @@
+"""Success metrics of sampled completions: Wilson intervals, unbiased pass@k, lengths.
+
+Pure Python (no torch, no numpy): the `score` stage must stay cheap to import and its numbers
+easy to check by hand. A completion counts as a success when its equation reward is exactly 1.0
+(the reward is binary, so the success rate is also the mean equation reward).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+NO_PATTERN = "none"  # key in success_by_pattern for tasks whose pattern is null
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (default 95%).
+
+    Chosen over the normal (Wald) interval because it stays inside [0, 1] and keeps its coverage
+    at 0% and 100%, which early checkpoints hit. n = 0 has no interval: ValueError.
+    """
+    _check_count("successes", successes)
+    _check_count("n", n)
+    if n == 0:
+        raise ValueError("wilson_interval: n = 0 trials has no interval")
+    if successes > n:
+        raise ValueError(f"wilson_interval: successes {successes} > n {n}")
+    if not (math.isfinite(z) and z > 0):
+        raise ValueError(f"wilson_interval: z must be a positive number, got {z}")
+    p = successes / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4 * n * n))
+    # At 0 and n successes the exact bound is 0 or 1; rounding must not move it.
+    lo = 0.0 if successes == 0 else max(0.0, center - half)
+    hi = 1.0 if successes == n else min(1.0, center + half)
+    return lo, hi
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. (2021): 1 - C(n-c, k) / C(n, k).
+
+    n samples of which c are correct; the chance that k drawn without replacement contain one.
+    Evaluated as a product, which avoids huge binomials.
+    """
+    _check_count("n", n)
+    _check_count("c", c)
+    _check_count("k", k)
+    if n == 0:
+        raise ValueError("pass_at_k: n must be >= 1")
+    if c > n:
+        raise ValueError(f"pass_at_k: c {c} > n {n}")
+    if not 1 <= k <= n:
+        raise ValueError(f"pass_at_k: k must be in [1, n={n}], got {k}")
+    if n - c < k:
+        return 1.0
+    prod = 1.0
+    for i in range(n - c + 1, n + 1):
+        prod *= 1.0 - k / i
+    return 1.0 - prod
+
+
+def _success(sample: Mapping[str, Any]) -> bool:
+    return float(sample["equation_reward"]) == 1.0
+
+
+def _group_by_prompt(samples: Sequence[Mapping[str, Any]]) -> dict[int, list[bool]]:
+    """Success flags per prompt id; a repeated (prompt, sample_index) is refused."""
+    seen: set[tuple[int, int]] = set()
+    groups: dict[int, list[bool]] = defaultdict(list)
+    for s in samples:
+        key = (int(s["prompt_id"]), int(s["sample_index"]))
+        if key in seen:
+            raise ValueError(f"duplicate completion: prompt_id {key[0]}, sample_index {key[1]}")
+        seen.add(key)
+        groups[key[0]].append(_success(s))
+    return groups
+
+
+def _share(flags: Iterable[bool]) -> float:
+    flags = list(flags)
+    return sum(flags) / len(flags)
+
+
+def summarize(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Success, pass@k, format, length and truncation statistics of a list of sample dicts.
+
+    k is the number of samples per prompt (the smallest count if prompts differ, so that
+    pass@k stays defined for every prompt); pass@1 and pass@k are means over prompts. With no
+    samples every metric is None, so an empty checkpoint still yields a valid record.
+    """
+    n = len(samples)
+    groups = _group_by_prompt(samples)
+    empty: dict[str, Any] = {
+        "n_prompts": len(groups),
+        "n_completions": n,
+        "k": None,
+        "success_rate": None,
+        "success_lo": None,
+        "success_hi": None,
+        "pass_at_1": None,
+        "pass_at_k": None,
+        "format_rate": None,
+        "tokens_mean": None,
+        "tokens_median": None,
+        "truncated_share": None,
+        "success_by_pattern": {},
+    }
+    if n == 0:
+        return empty
+    successes = sum(_success(s) for s in samples)
+    lo, hi = wilson_interval(successes, n)
+    k = min(len(flags) for flags in groups.values())
+    tokens = [int(s["num_tokens"]) for s in samples]
+    return {
+        **empty,
+        "k": k,
+        "success_rate": successes / n,
+        "success_lo": lo,
+        "success_hi": hi,
+        "pass_at_1": statistics.fmean(pass_at_k(len(f), sum(f), 1) for f in groups.values()),
+        "pass_at_k": statistics.fmean(pass_at_k(len(f), sum(f), k) for f in groups.values()),
+        "format_rate": _share(float(s["format_reward"]) == 1.0 for s in samples),
+        "tokens_mean": statistics.fmean(tokens),
+        "tokens_median": float(statistics.median(tokens)),
+        "truncated_share": _share(bool(s["truncated"]) for s in samples),
+        "success_by_pattern": success_by_pattern(samples),
+    }
+
+
+def success_by_pattern(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Success per operator pattern: a rise confined to one pattern is a shortcut, not search."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for s in samples:
+        pattern = s.get("pattern")
+        groups[NO_PATTERN if pattern is None else str(pattern)].append(_success(s))
+    out: dict[str, dict[str, Any]] = {}
+    for pattern in sorted(groups):
+        flags = groups[pattern]
+        lo, hi = wilson_interval(sum(flags), len(flags))
+        out[pattern] = {
+            "n": len(flags),
+            "successes": sum(flags),
+            "success_rate": sum(flags) / len(flags),
+            "success_lo": lo,
+            "success_hi": hi,
+        }
+    return out

@@ -1,0 +1,157 @@
+"""Wilson intervals, unbiased pass@k and sample summaries against hand-computed values."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from fractions import Fraction
+
+import pytest
+
+from aha.metrics import NO_PATTERN, Z95, pass_at_k, success_by_pattern, summarize, wilson_interval
+
+
+def _score_test_bound(successes: int, n: int, upper: bool) -> float:
+    """Independent Wilson bound: invert the score test |p̂ - p| = z·sqrt(p(1-p)/n) by bisection."""
+    p_hat = successes / n
+    lo, hi = (p_hat, 1.0) if upper else (0.0, p_hat)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        inside = abs(p_hat - mid) <= Z95 * math.sqrt(mid * (1 - mid) / n)
+        if inside == upper:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "lo", "hi"),
+    [
+        # 0/10: lower 0, upper z²/(n + z²) = 3.841459/13.841459
+        (0, 10, 0.0, 0.2775327999),
+        # 5/10: 0.5 ± (z/(1 + z²/10))·sqrt(0.025 + z²/400)
+        (5, 10, 0.2365930905, 0.7634069095),
+        # 10/10 mirrors 0/10
+        (10, 10, 0.7224672001, 1.0),
+        # 81/263, the proportion used in the brief
+        (81, 263, 0.2552885199, 0.3662095770),
+    ],
+)
+def test_wilson_hand_values(successes: int, n: int, lo: float, hi: float) -> None:
+    got = wilson_interval(successes, n)
+    assert got[0] == pytest.approx(lo, abs=1e-9)
+    assert got[1] == pytest.approx(hi, abs=1e-9)
+
+
+@pytest.mark.parametrize(("successes", "n"), [(1, 10), (81, 263), (3, 7), (199, 200), (1, 1)])
+def test_wilson_matches_score_test_inversion(successes: int, n: int) -> None:
+    lo, hi = wilson_interval(successes, n)
+    assert lo == pytest.approx(_score_test_bound(successes, n, upper=False), abs=1e-9)
+    assert hi == pytest.approx(_score_test_bound(successes, n, upper=True), abs=1e-9)
+
+
+def test_wilson_extremes_are_exact_and_interval_contains_estimate() -> None:
+    assert wilson_interval(0, 1000)[0] == 0.0
+    assert wilson_interval(1000, 1000)[1] == 1.0
+    for s in range(0, 21):
+        lo, hi = wilson_interval(s, 20)
+        assert 0.0 <= lo <= s / 20 <= hi <= 1.0
+    # a wider z gives a wider interval
+    assert wilson_interval(5, 10, z=2.576)[0] < wilson_interval(5, 10)[0]
+
+
+@pytest.mark.parametrize(
+    ("successes", "n", "z"),
+    [(0, 0, Z95), (11, 10, Z95), (-1, 10, Z95), (1.0, 10, Z95), (1, 10, 0.0), (1, 10, math.nan)],
+)
+def test_wilson_refuses_bad_input(successes, n, z) -> None:
+    with pytest.raises(ValueError):
+        wilson_interval(successes, n, z)
+
+
+def _brute_pass_at_k(n: int, c: int, k: int) -> Fraction:
+    """Share of all k-subsets of n samples (c correct) that contain a correct one."""
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    return Fraction(sum(any(samples[i] for i in s) for s in subsets), len(subsets))
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_pass_at_k_matches_enumeration(n: int) -> None:
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            assert pass_at_k(n, c, k) == pytest.approx(float(_brute_pass_at_k(n, c, k)), abs=1e-12)
+
+
+def test_pass_at_k_known_values_and_large_n() -> None:
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # 1 - C(3,2)/C(4,2) = 1 - 3/6
+    assert pass_at_k(5, 2, 2) == pytest.approx(0.7)  # 1 - C(3,2)/C(5,2) = 1 - 3/10
+    assert pass_at_k(10, 0, 10) == 0.0
+    assert pass_at_k(10, 10, 1) == 1.0
+    # stable where the binomials are astronomically large
+    exact = 1 - Fraction(math.comb(900, 100), math.comb(1000, 100))
+    assert pass_at_k(1000, 100, 100) == pytest.approx(float(exact), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("n", "c", "k"), [(0, 0, 1), (4, 5, 1), (4, 1, 0), (4, 1, 5), (4, -1, 1), (4, 1, 1.0)]
+)
+def test_pass_at_k_refuses_bad_input(n, c, k) -> None:
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+def _sample(pid: int, idx: int, eq: float, fmt: float = 1.0, tokens: int = 10, **kw):
+    return {
+        "prompt_id": pid,
+        "sample_index": idx,
+        "equation_reward": eq,
+        "format_reward": fmt,
+        "num_tokens": tokens,
+        "truncated": kw.get("truncated", False),
+        "pattern": kw.get("pattern", "+-"),
+    }
+
+
+def test_summarize_uses_smallest_group_for_k_and_means_over_prompts() -> None:
+    samples = [_sample(0, i, eq) for i, eq in enumerate([1.0, 0.0, 0.0, 0.0])]
+    samples += [_sample(1, i, eq, pattern="**") for i, eq in enumerate([1.0, 1.0, 0.0])]
+    out = summarize(samples)
+    assert out["n_prompts"] == 2 and out["n_completions"] == 7 and out["k"] == 3
+    assert out["success_rate"] == pytest.approx(3 / 7)
+    assert (out["success_lo"], out["success_hi"]) == wilson_interval(3, 7)
+    assert out["pass_at_1"] == pytest.approx((1 / 4 + 2 / 3) / 2)
+    # prompt 0: 1 - C(3,3)/C(4,3) = 3/4; prompt 1: n - c = 1 < 3 -> 1
+    assert out["pass_at_k"] == pytest.approx((3 / 4 + 1) / 2)
+
+
+def test_summarize_counts_only_full_reward_as_success_and_refuses_duplicates() -> None:
+    out = summarize([_sample(0, 0, 0.5, fmt=0.5), _sample(0, 1, 1.0)])
+    assert out["success_rate"] == 0.5 and out["format_rate"] == 0.5
+    with pytest.raises(ValueError, match="duplicate"):
+        summarize([_sample(0, 0, 1.0), _sample(0, 0, 0.0)])
+
+
+def test_summarize_empty_is_all_none() -> None:
+    out = summarize([])
+    assert out["n_completions"] == 0 and out["n_prompts"] == 0
+    assert out["success_by_pattern"] == {}
+    assert all(
+        v is None
+        for k, v in out.items()
+        if k not in {"n_completions", "n_prompts", "success_by_pattern"}
+    )
+
+
+def test_success_by_pattern_groups_null_pattern() -> None:
+    samples = [
+        _sample(0, 0, 1.0, pattern=None),
+        _sample(0, 1, 0.0, pattern=None),
+        _sample(1, 0, 1.0, pattern="*-"),
+    ]
+    out = success_by_pattern(samples)
+    assert list(out) == ["*-", NO_PATTERN]
+    assert out[NO_PATTERN]["n"] == 2 and out[NO_PATTERN]["success_rate"] == 0.5
+    assert (out["*-"]["success_lo"], out["*-"]["success_hi"]) == wilson_interval(1, 1)
