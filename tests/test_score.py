@@ -1,0 +1,236 @@
+"""`score` and `aggregate` stages on hand-made samples, every field checked by hand."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aha.__main__ import main
+from aha.score import BY_PATTERN_COLUMNS, SUMMARY_COLUMNS
+
+# (prompt, equation reward, format reward, tokens, truncated, text); k = 3 samples per prompt.
+# Behaviours by hand: A verify+backtrack, 2 candidates; B 1; C verify, 1; E backtrack, 2
+# ("yes" after </think> is not thinking); the "" texts nothing.
+A = "12 + 7 + 3 = 22, not 27; (12 - 7) * 3 = 15, yes.</think>\n<answer>(12 - 7) * 3</answer>"
+B = " 55 + 36 - 7 - 19 = 65 </think>\n<answer>55 + 36 - 7 - 19</answer>"
+C = "Let me check: 4 * 5 = 20. </think><answer>4 * 5</answer>"
+E = "Wait, 8 + 9 = 17 is too small; 8 * 9 = 72 </think> yes"
+ROWS = [
+    (0, 1.0, 1.0, 5, False, A),
+    (0, 0.0, 1.0, 20, False, B),
+    (0, 0.0, 0.0, 30, False, ""),
+    (1, 1.0, 1.0, 40, False, C),
+    (1, 1.0, 1.0, 50, False, E),
+    (1, 0.0, 1.0, 60, False, ""),
+    (2, 0.0, 0.0, 70, False, ""),
+    (2, 0.0, 0.0, 80, False, ""),
+    (2, 0.0, 1.0, 128, True, ""),
+]
+PATTERNS = {0: "+-", 1: "*+", 2: None}
+ROWS_JSON_CUT = '{"run": "a", "step": 0, "prompt_id": 0, "text": "unfinished'  # a cut-off line
+
+
+def _write_samples(path: Path, rows=ROWS, run: str = "tiny-cpu", step: int = 50) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index: dict[int, int] = {}
+    lines = []
+    for pid, eq, fmt, tokens, truncated, text in rows:
+        index[pid] = index.get(pid, -1) + 1
+        lines.append(
+            json.dumps(
+                {
+                    "run": run,
+                    "step": step,
+                    "prompt_id": pid,
+                    "sample_index": index[pid],
+                    "nums": [3, 7, 12],
+                    "target": 27,
+                    "pattern": PATTERNS[pid],
+                    "text": text,
+                    "num_tokens": tokens,
+                    "truncated": truncated,
+                    "format_reward": fmt,
+                    "equation_reward": eq,
+                }
+            )
+        )
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+    return path
+
+
+def _score(samples: Path, out: Path, *extra: str) -> dict:
+    main(["score", "--samples", str(samples), "--out", str(out), *extra])
+    return json.loads(out.read_text())
+
+
+def test_score_every_field_by_hand(tmp_path: Path) -> None:
+    samples = _write_samples(tmp_path / "runs" / "tiny-cpu" / "samples" / "step-50.jsonl")
+    got = _score(samples, tmp_path / "scores" / "step-50.json")
+    assert list(got) == [*SUMMARY_COLUMNS, "success_by_pattern"]
+    expected = {
+        "run": "tiny-cpu",
+        "step": 50,
+        "n_prompts": 3,
+        "n_completions": 9,
+        "k": 3,
+        "success_rate": 3 / 9,
+        # Wilson 3/9: (1/3 + z²/18 ± z·sqrt(2/81 + z²/324)) / (1 + z²/9), worked out in bc
+        "success_lo": 0.120583818387,
+        "success_hi": 0.645797864420,
+        "pass_at_1": (1 / 3 + 2 / 3 + 0) / 3,
+        "pass_at_k": (1 + 1 + 0) / 3,  # pass@3 of 3 samples: any success
+        "format_rate": 6 / 9,
+        "tokens_mean": 483 / 9,
+        "tokens_median": 50.0,
+        "truncated_share": 1 / 9,
+        "verify_share": 2 / 9,  # A, C
+        "backtrack_share": 2 / 9,  # A, E
+        "candidates_mean": (2 + 1 + 1 + 2) / 9,
+    }
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+    assert got["success_by_pattern"] == {
+        "*+": pytest.approx(
+            {
+                "n": 3,
+                "successes": 2,
+                "success_rate": 2 / 3,
+                "success_lo": 0.207659600802,
+                "success_hi": 0.938508055280,
+            }
+        ),
+        "+-": pytest.approx(
+            {
+                "n": 3,
+                "successes": 1,
+                "success_rate": 1 / 3,
+                "success_lo": 0.061491944720,
+                "success_hi": 0.792340399198,
+            }
+        ),
+        "none": pytest.approx(
+            {
+                "n": 3,
+                "successes": 0,
+                "success_rate": 0.0,
+                "success_lo": 0.0,
+                "success_hi": 0.561497031755,
+            }
+        ),
+    }
+
+
+def test_score_empty_file_gives_nulls(tmp_path: Path) -> None:
+    samples = _write_samples(tmp_path / "runs" / "r1" / "samples" / "step-0.jsonl", rows=[])
+    got = _score(samples, tmp_path / "out.json")
+    assert got["run"] == "r1" and got["step"] == 0  # from the path
+    assert got["n_completions"] == 0 and got["n_prompts"] == 0
+    assert got["success_by_pattern"] == {}
+    nulls = set(SUMMARY_COLUMNS) - {"run", "step", "n_prompts", "n_completions"}
+    assert {k for k in nulls if got[k] is not None} == set()
+
+
+def test_score_run_and_step_must_agree(tmp_path: Path) -> None:
+    samples = _write_samples(tmp_path / "elsewhere.jsonl", run="a", step=100)
+    got = _score(samples, tmp_path / "a.json")
+    assert (got["run"], got["step"]) == ("a", 100)
+    with pytest.raises(ValueError, match="expected"):
+        _score(samples, tmp_path / "b.json", "--step", "50")
+    empty = _write_samples(tmp_path / "empty.jsonl", rows=[])
+    with pytest.raises(ValueError, match="--run and --step"):
+        _score(empty, tmp_path / "c.json")
+    got = _score(empty, tmp_path / "c.json", "--run", "x", "--step", "7")
+    assert (got["run"], got["step"], got["k"]) == ("x", 7, None)
+
+
+def test_score_refuses_incomplete_lines(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"run": "a", "step": 0, "prompt_id": 0}) + "\n")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: missing keys sample_index"):
+        _score(path, tmp_path / "out.json")
+    path.write_text("\n" + ROWS_JSON_CUT)
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
+        _score(path, tmp_path / "out.json")
+
+
+def test_aggregate_sorts_rows_and_keeps_exact_columns(tmp_path: Path) -> None:
+    full = _write_samples(tmp_path / "runs" / "tiny-cpu" / "samples" / "step-50.jsonl")
+    base = _write_samples(
+        tmp_path / "runs" / "tiny-cpu" / "samples" / "step-0.jsonl", rows=ROWS[:3], step=0
+    )
+    empty = _write_samples(
+        tmp_path / "runs" / "a-run" / "samples" / "step-100.jsonl", rows=[], run="a-run", step=100
+    )
+    scores = []
+    for i, samples in enumerate([full, base, empty]):
+        _score(samples, tmp_path / f"s{i}.json")
+        scores.append(str(tmp_path / f"s{i}.json"))
+    out, by_pattern = tmp_path / "results" / "summary.tsv", tmp_path / "results" / "by_pattern.tsv"
+    main(["aggregate", "--scores", *scores, "--out", str(out), "--by-pattern-out", str(by_pattern)])
+
+    lines = out.read_text().splitlines()
+    assert lines[0].split("\t") == list(SUMMARY_COLUMNS)
+    table = pd.read_csv(out, sep="\t")
+    assert list(zip(table["run"], table["step"], strict=True)) == [
+        ("a-run", 100),
+        ("tiny-cpu", 0),
+        ("tiny-cpu", 50),
+    ]
+    # integer columns stay integers; an empty checkpoint shows NA, not 0
+    assert lines[1].split("\t")[:5] == ["a-run", "100", "0", "0", "NA"]
+    assert table.loc[0, ["success_rate", "verify_share"]].isna().all()
+    assert lines[2].split("\t")[:5] == ["tiny-cpu", "0", "1", "3", "3"]
+    assert table.loc[1, "success_rate"] == pytest.approx(1 / 3)
+    assert table.loc[1, "candidates_mean"] == pytest.approx(3 / 3)  # A 2, B 1, "" 0
+    assert table.loc[2, "success_rate"] == pytest.approx(1 / 3)
+    assert table.loc[2, "pass_at_k"] == pytest.approx(2 / 3)
+
+    long = pd.read_csv(by_pattern, sep="\t", keep_default_na=False)
+    assert list(long.columns) == list(BY_PATTERN_COLUMNS)
+    assert list(zip(long["step"], long["pattern"], long["n"], strict=True)) == [
+        (0, "+-", 3),
+        (50, "*+", 3),
+        (50, "+-", 3),
+        (50, "none", 3),
+    ]
+
+
+def test_aggregate_refuses_duplicate_run_step(tmp_path: Path) -> None:
+    samples = _write_samples(tmp_path / "runs" / "r" / "samples" / "step-0.jsonl", step=0, run="r")
+    _score(samples, tmp_path / "a.json")
+    _score(samples, tmp_path / "b.json")
+    args = ["aggregate", "--scores", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    with pytest.raises(ValueError, match="several score files"):
+        main([*args, "--out", str(tmp_path / "s.tsv")])
+
+
+@pytest.mark.parametrize(
+    ("stage", "flags"),
+    [
+        ("score", ["--samples", "--out", "--run", "--step"]),
+        ("aggregate", ["--scores", "--out", "--by-pattern-out"]),
+    ],
+)
+def test_help_documents_arguments(
+    stage: str, flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([stage, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(flag in text for flag in flags)
+
+
+def test_scoring_imports_no_torch_or_pandas() -> None:
+    """The score stage and its logic modules stay light: pandas only inside `aggregate`."""
+    code = (
+        "import sys, aha.score, aha.metrics, aha.behaviours; "
+        "print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
