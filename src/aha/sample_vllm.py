@@ -1,0 +1,104 @@
+"""Sampling a checkpoint with vLLM: the GPU backend of `python -m aha sample`.
+
+Same contract as the HF path in `aha.sample`: for every prompt, `k` completions in order, each
+`(text, num_tokens, truncated)`. A QLoRA checkpoint is an adapter: the base model is loaded
+once with `enable_lora=True` and the adapter applied per request through `LoRARequest`, which
+avoids writing a merged copy of a 3B model per checkpoint. A ZeRO-3 checkpoint holds full
+16-bit weights (zero3_save_16bit_model) and loads like any model directory. vLLM is imported
+only here, inside the function, so nothing else pays for it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import NamedTuple
+
+# vLLM compiles kernels for these LoRA ranks; an adapter's rank is rounded up to one of them.
+_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class Completion(NamedTuple):
+    text: str
+    num_tokens: int  # generated tokens, the end-of-sequence token included when one was emitted
+    truncated: bool  # stopped by max_new_tokens, not by end of sequence
+
+
+def lora_rank(adapter_dir: str | Path) -> int:
+    """The `max_lora_rank` vLLM needs for this adapter (its `r`, rounded up to a supported rank)."""
+    config_path = Path(adapter_dir) / "adapter_config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a PEFT adapter)")
+    config = json.loads(config_path.read_text())
+    ranks = [int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())]
+    needed = max(ranks)
+    for rank in _LORA_RANKS:
+        if rank >= needed:
+            return rank
+    raise ValueError(f"{adapter_dir}: LoRA rank {needed} exceeds vLLM's maximum {_LORA_RANKS[-1]}")
+
+
+def to_completions(request_outputs: list, k: int) -> list[Completion]:
+    """Flatten vLLM `RequestOutput`s into prompt-major completions, k per prompt, checked."""
+    completions: list[Completion] = []
+    for i, request in enumerate(request_outputs):
+        if len(request.outputs) != k:
+            raise RuntimeError(
+                f"vLLM returned {len(request.outputs)} completions for prompt {i}, not {k}"
+            )
+        for out in sorted(request.outputs, key=lambda o: o.index):
+            completions.append(
+                Completion(out.text, len(out.token_ids), out.finish_reason == "length")
+            )
+    return completions
+
+
+def sample_vllm(
+    model_dir_or_id: str,
+    adapter_dir: str | None,
+    prompts: list[str],
+    k: int,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    seed: int,
+    *,
+    dtype: str = "auto",
+    quantization: str | None = None,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+) -> list[Completion]:
+    """k completions for each prompt (prompt-major: prompt 0's k, then prompt 1's, ...).
+
+    `prompts` are already-rendered strings (the chat template applied with the assistant
+    prefill), so vLLM must not template them again: `LLM.generate` takes them as raw text.
+    `quantization="bitsandbytes"` loads the base in 4 bit, as QLoRA trained its adapter.
+    """
+    from vllm import LLM, SamplingParams
+
+    engine_kwargs: dict = {
+        "model": model_dir_or_id,
+        "dtype": dtype,
+        "seed": seed,
+        "gpu_memory_utilization": gpu_memory_utilization,
+    }
+    if max_model_len is not None:
+        engine_kwargs["max_model_len"] = max_model_len
+    if quantization:
+        engine_kwargs["quantization"] = quantization
+    lora_request = None
+    if adapter_dir is not None:
+        from vllm.lora.request import LoRARequest
+
+        engine_kwargs.update(enable_lora=True, max_lora_rank=lora_rank(adapter_dir), max_loras=1)
+        lora_request = LoRARequest("checkpoint", 1, str(adapter_dir))
+    llm = LLM(**engine_kwargs)
+    params = SamplingParams(
+        n=k,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_new_tokens,
+        seed=seed,
+    )
+    outputs = llm.generate(prompts, params, lora_request=lora_request)
+    return to_completions(outputs, k)
