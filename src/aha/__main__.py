@@ -19,6 +19,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "aggregate": ("aha.score", "collect every score file into results/summary.tsv"),
     "plots": ("aha.report", "seaborn figures for the report"),
     "tables": ("aha.report", "HTML tables for the report"),
+    "check-gpu": ("aha.gpu", "check CUDA, GPU packages and the model before a GPU run"),
+    "with-vllm-server": ("aha.launch", "run a command beside a `trl vllm-serve` on the last GPU"),
 }
 
 
