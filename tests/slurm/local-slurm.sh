@@ -18,6 +18,7 @@ FAKE_GPUS=${AHA_SLURM_GPUS:-2}
 GPU_TYPE=${AHA_SLURM_GPU_TYPE:-testgpu}
 
 die() { echo "local-slurm: $*" >&2; exit 1; }
+[[ $FAKE_GPUS =~ ^[0-9]+$ ]] || die "AHA_SLURM_GPUS must be a number, not '$FAKE_GPUS'"
 
 usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
@@ -28,8 +29,16 @@ install_if_missing() {
   [ "$(id -u)" = 0 ] || die "slurmctld/slurmd/munged missing and not root: install slurm-wlm and munge"
   echo "local-slurm: installing slurm-wlm and munge" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >&2
-  apt-get install -y -qq --no-install-recommends slurm-wlm munge >&2
+  # Keep the packages' own services (munge, slurmd, slurmctld) from starting at install time:
+  # only the daemons started below, on this directory's files, may run.
+  local policy=/usr/sbin/policy-rc.d added=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy" && added=1
+  fi
+  local rc=0
+  { apt-get update -qq && apt-get install -y -qq --no-install-recommends slurm-wlm munge; } >&2 || rc=$?
+  [ -n "$added" ] && rm -f "$policy"
+  [ "$rc" = 0 ] || die "apt-get failed ($rc)"
   have_daemons || die "slurm-wlm/munge installed but daemons not on PATH"
 }
 
@@ -154,6 +163,8 @@ start() {
   install_if_missing
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
+  # A start that fails half-way stops what it started.
+  trap 'rc=$?; [ "$rc" = 0 ] || stop "'"$dir"'" >/dev/null 2>&1 || true; exit "$rc"' EXIT
   write_conf "$dir"
   write_srun_wrapper "$dir"
   export SLURM_CONF=$dir/slurm.conf
@@ -183,7 +194,7 @@ stop() {
   export SLURM_CONF=$dir/slurm.conf
   if [ -s "$dir/slurmctld.pid" ] && [ -s "$dir/slurmd.pid" ]; then
     # Cancel what is still queued or running, so that no job step outlives its slurmd.
-    scancel --partition "$PARTITION" 2>/dev/null || true
+    scancel --user "$(id -un)" 2>/dev/null || true
     for _ in $(seq 60); do [ -z "$(squeue -h -t R,CG,PD 2>/dev/null)" ] && break; sleep 0.5; done
   fi
   stop_pid "$dir/slurmd.pid" slurmd
