@@ -127,9 +127,9 @@ def slurm_logs(logdir: Path) -> dict[str, Path]:
     return {p.stem: p for p in logdir.rglob("*.log")}
 
 
-def job_stats(stdout: str) -> Counter[str]:
+def job_stats(output: str) -> Counter[str]:
     """Snakemake's own "Job stats" table: jobs per rule, without the local `all`."""
-    table = stdout.split("Job stats:", 1)[1].split("total", 1)[0]
+    table = output.split("Job stats:", 1)[1].split("total", 1)[0]
     stats = Counter({m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)\s*$", table, re.M)})
     stats.pop("all", None)
     return stats
@@ -152,8 +152,8 @@ def test_dag_runs_through_sbatch_and_matches_local_run(
 
     # Every job of the DAG went through sbatch: one SLURM log per job, each a job slurmctld ran
     # to completion, with the rule (the plugin's --comment) and the profile's GPUs.
-    stats = job_stats(proc.stdout)
-    assert stats, proc.stdout[-2000:]
+    stats = job_stats(proc.stdout + proc.stderr)
+    assert stats, proc.stderr[-2000:]
     logs = slurm_logs(workdir / "logs" / "slurm")
     assert sum(stats.values()) == len(logs), (stats, sorted(logs))
     jobs = slurm_jobs()
