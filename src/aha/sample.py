@@ -1,0 +1,421 @@
+"""Stage `sample`: k completions per eval prompt from one checkpoint (or the base model at step 0).
+
+`--model` is a checkpoint manifest (`checkpoints/step-N.json`, written by `aha.train`) or, for
+step 0, a model directory or Hub id. A manifest of a QLoRA run points at an adapter, which is
+loaded on its base model. Prompts are the training prompts (`aha.prompts.render`, assistant turn
+prefilled), so the completion continues inside `<think>`.
+
+Backends: `hf` is batched `generate` with left padding and a progress bar, deterministic for a
+seed (each batch is seeded with `seed + batch index`); `vllm` is the GPU path in
+`aha.sample_vllm`; `auto` takes vLLM when CUDA and vllm are both present, else `hf`. Both sample
+with exactly temperature/top_p from the config: a model's own generation defaults (Qwen's top_k
+20 and repetition penalty 1.05) are switched off, as vLLM's `SamplingParams` has them off.
+
+Output: one JSON line per completion, prompt-major, with keys `SAMPLE_KEYS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aha import prompts, rewards
+from aha.sample_vllm import Completion
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger("aha.sample")
+
+SAMPLE_KEYS = (
+    "run",
+    "step",
+    "prompt_id",
+    "sample_index",
+    "nums",
+    "target",
+    "pattern",
+    "text",
+    "num_tokens",
+    "truncated",
+    "format_reward",
+    "equation_reward",
+)
+BACKENDS = ("auto", "hf", "vllm")
+
+
+class SampleError(RuntimeError):
+    """Bad sampling input (config, model reference, eval split); one line naming the problem."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The config's `sampling` section (defaults as in workflow/schemas/config.schema.yaml)."""
+
+    k: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 1024
+    batch_size: int = 64
+    seed: int = 1234
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sampling:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise SampleError(f"sampling: unknown keys {', '.join(sorted(unknown))}")
+        cfg = cls(**data)
+        for key in ("k", "max_new_tokens", "batch_size", "seed"):
+            value = getattr(cfg, key)
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or (key != "seed" and value < 1)
+            ):
+                raise SampleError(f"sampling.{key}: must be a positive integer (got {value!r})")
+        for key in ("temperature", "top_p"):
+            if not isinstance(getattr(cfg, key), int | float):
+                raise SampleError(f"sampling.{key}: must be a number (got {getattr(cfg, key)!r})")
+        if not cfg.temperature >= 0:
+            raise SampleError(f"sampling.temperature: must be >= 0 (got {cfg.temperature!r})")
+        if not 0 < cfg.top_p <= 1:
+            raise SampleError(f"sampling.top_p: must be in (0, 1] (got {cfg.top_p!r})")
+        return cfg
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What to load: full weights (`weights`), or an adapter (`weights`) on `base`."""
+
+    weights: str
+    base: str | None = None
+    is_adapter: bool = False
+    mode: str | None = None
+
+
+def resolve_model(arg: str) -> ModelRef:
+    """A manifest path -> its weights (and base for adapters); anything else is a model as is.
+
+    The manifest's `path` is relative to the working directory the workflow runs in; if the
+    run folder was moved, the weights are looked up beside the manifest (../weights/step-N).
+    """
+    path = Path(arg)
+    if path.suffix != ".json":
+        return ModelRef(arg)
+    if not path.is_file():
+        raise SampleError(f"{arg}: no such checkpoint manifest")
+    try:
+        manifest = json.loads(path.read_text())
+        weights = Path(manifest["path"])
+        step = int(manifest["step"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise SampleError(f"{arg}: not a checkpoint manifest ({err})") from None
+    if not weights.is_dir():
+        beside = path.resolve().parent.parent / "weights" / f"step-{step}"
+        if not beside.is_dir():
+            raise SampleError(f"{arg}: its weights {weights} are missing")
+        weights = beside
+    is_adapter = bool(manifest.get("is_adapter"))
+    base = manifest.get("base_model")
+    if is_adapter and not base:
+        raise SampleError(f"{arg}: an adapter checkpoint without base_model")
+    return ModelRef(str(weights), base if is_adapter else None, is_adapter, manifest.get("mode"))
+
+
+def load_tasks(path: Path) -> pd.DataFrame:
+    """The eval split: id, nums, target, pattern (id = row number and pattern = None if absent)."""
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise SampleError(f"{path}: no eval split; run the prepare_dataset rule first")
+    frame = pd.read_parquet(path)
+    missing = {"nums", "target"} - set(frame.columns)
+    if missing:
+        raise SampleError(f"{path}: missing columns {', '.join(sorted(missing))}")
+    if "id" not in frame.columns:
+        frame["id"] = range(len(frame))
+    if "pattern" not in frame.columns:
+        frame["pattern"] = None
+    return frame.reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- HF backend
+
+
+def load_hf(ref: ModelRef) -> tuple[Any, Any]:
+    """(model, tokenizer) for `generate`: fp32 on CPU, the checkpoint's dtype on GPU."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = "auto" if device == "cuda" else torch.float32
+    tokenizer = _load_tokenizer(ref)
+    if ref.is_adapter:
+        try:
+            from peft import PeftModel
+        except ImportError:
+            raise SampleError("loading a LoRA adapter needs peft: pip install peft") from None
+        base = AutoModelForCausalLM.from_pretrained(ref.base, dtype=dtype)
+        model = PeftModel.from_pretrained(base, ref.weights).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(ref.weights, dtype=dtype)
+    return model.to(device).eval(), tokenizer
+
+
+def _load_tokenizer(ref: ModelRef) -> Any:
+    from transformers import AutoTokenizer
+
+    has_own = any(
+        (Path(ref.weights) / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")
+    )
+    source = ref.weights if has_own or not ref.is_adapter else ref.base
+    return AutoTokenizer.from_pretrained(source, padding_side="left")
+
+
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a completion: the generation config's eos ids and the tokenizer's."""
+    ids = model.generation_config.eos_token_id
+    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise SampleError(
+            "the model defines no end-of-sequence token: cannot tell a finished completion"
+        )
+    return ids
+
+
+def split_completion(
+    tokens: Sequence[int], stops: Sequence[int], max_new_tokens: int
+) -> tuple[list[int], int, bool]:
+    """(text tokens, token count, truncated) of one generated row (pads after the stop ignored)."""
+    stop_set = set(stops)
+    for i, tok in enumerate(tokens):
+        if tok in stop_set:
+            return list(tokens[:i]), i + 1, False
+    return list(tokens), min(len(tokens), max_new_tokens), True
+
+
+def generate_hf(
+    model: Any, tokenizer: Any, texts: Sequence[str], cfg: Sampling, progress: bool = True
+) -> list[Completion]:
+    """k completions per prompt (prompt-major) with batched `generate`, seeded per batch."""
+    import torch
+    from tqdm import tqdm
+
+    stops = stop_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0]
+    rows = [text for text in texts for _ in range(cfg.k)]
+    n_batches = math.ceil(len(rows) / cfg.batch_size)
+    sampling = (
+        {"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p}
+        if cfg.temperature > 0
+        else {"do_sample": False}
+    )
+    out: list[Completion] = []
+    device = next(model.parameters()).device
+    bar = tqdm(total=len(rows), desc="sampling", unit="completion", disable=not progress)
+    for b in range(n_batches):
+        batch = rows[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+        enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {key: value.to(device) for key, value in enc.items()}
+        torch.manual_seed(cfg.seed + b)
+        with torch.inference_mode():
+            generated = model.generate(
+                **enc,
+                **sampling,
+                top_k=0,
+                repetition_penalty=1.0,
+                max_new_tokens=cfg.max_new_tokens,
+                eos_token_id=stops,
+                pad_token_id=pad_id,
+            )
+        for row in generated[:, enc["input_ids"].shape[1] :].tolist():
+            tokens, count, truncated = split_completion(row, stops, cfg.max_new_tokens)
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            out.append(Completion(text, count, truncated))
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def _sample_hf(ref: ModelRef, tasks: pd.DataFrame, cfg: Sampling) -> list[Completion]:
+    model, tokenizer = load_hf(ref)
+    return generate_hf(model, tokenizer, render_prompts(tokenizer, tasks), cfg)
+
+
+# ----------------------------------------------------------------------------- vLLM backend
+
+
+def _sample_vllm(ref: ModelRef, tasks: pd.DataFrame, cfg: Sampling) -> list[Completion]:
+    """The GPU backend (aha.sample_vllm): same prompts and output contract as `_sample_hf`."""
+    from aha import gpu, sample_vllm
+
+    try:
+        gpu.check_vllm_sampling()
+    except gpu.GpuEnvError as err:
+        raise SampleError(f"{err} (or pass --backend hf)") from None
+    tokenizer = _load_tokenizer(ref)
+    return sample_vllm.sample_vllm(
+        ref.base if ref.is_adapter else ref.weights,
+        ref.weights if ref.is_adapter else None,
+        render_prompts(tokenizer, tasks),
+        k=cfg.k,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=cfg.seed,
+        quantization="bitsandbytes" if ref.mode == "qlora" else None,
+    )
+
+
+def choose_backend(backend: str) -> str:
+    """`auto` -> vllm where CUDA and vllm are both present, else hf."""
+    if backend not in BACKENDS:
+        raise SampleError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return backend
+    from aha import gpu
+
+    if not gpu.has_package("vllm"):
+        return "hf"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def render_prompts(tokenizer: Any, tasks: pd.DataFrame) -> list[str]:
+    return [
+        prompts.render(tokenizer, [int(n) for n in r.nums], int(r.target))
+        for r in tasks.itertuples()
+    ]
+
+
+def to_records(
+    run: str, step: int, tasks: pd.DataFrame, completions: Sequence[Completion], k: int
+) -> list[dict[str, Any]]:
+    """One record per completion (keys SAMPLE_KEYS), both rewards scored by aha.rewards."""
+    if len(completions) != len(tasks) * k:
+        raise SampleError(f"{len(completions)} completions for {len(tasks)} prompts x k={k}")
+    import pandas as pd
+
+    records = []
+    for i, task in enumerate(tasks.itertuples()):
+        nums, target = [int(n) for n in task.nums], int(task.target)
+        pattern = None if pd.isna(task.pattern) else str(task.pattern)
+        for j in range(k):
+            c = completions[i * k + j]
+            records.append(
+                {
+                    "run": run,
+                    "step": step,
+                    "prompt_id": int(task.id),
+                    "sample_index": j,
+                    "nums": nums,
+                    "target": target,
+                    "pattern": pattern,
+                    "text": c.text,
+                    "num_tokens": int(c.num_tokens),
+                    "truncated": bool(c.truncated),
+                    "format_reward": rewards.format_reward([c.text])[0],
+                    "equation_reward": rewards.equation_reward(
+                        [c.text], target=[target], nums=[nums]
+                    )[0],
+                }
+            )
+    return records
+
+
+def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """All lines at once through a temporary file: a killed job leaves no half file behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def sample(
+    model: str,
+    eval_path: Path,
+    cfg: Sampling,
+    run: str,
+    step: int,
+    out: Path,
+    backend: str = "auto",
+) -> list[dict[str, Any]]:
+    """Sample the eval split from one checkpoint and write `out`; returns the records."""
+    ref = resolve_model(model)
+    tasks = load_tasks(eval_path)
+    chosen = choose_backend(backend)
+    log.info(
+        "sampling %s (%s%s): %d prompts x k=%d, backend %s",
+        ref.weights,
+        "adapter on " + str(ref.base) if ref.is_adapter else "full weights",
+        f", mode {ref.mode}" if ref.mode else "",
+        len(tasks),
+        cfg.k,
+        chosen,
+    )
+    completions = (_sample_vllm if chosen == "vllm" else _sample_hf)(ref, tasks, cfg)
+    records = to_records(run, step, tasks, completions, cfg.k)
+    write_jsonl(Path(out), records)
+    return records
+
+
+def cli(argv: list[str], prog: str) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Draw k completions per eval prompt from one checkpoint; one JSON line each "
+        f"with keys {', '.join(SAMPLE_KEYS)}.",
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a checkpoint manifest (checkpoints/step-N.json) or, for step 0, a model dir or Hub id",
+    )
+    parser.add_argument(
+        "--eval", type=Path, required=True, help="eval split (results/data/eval.parquet)"
+    )
+    parser.add_argument(
+        "--sampling",
+        required=True,
+        help="the config's sampling section as JSON: k, temperature, top_p, max_new_tokens, "
+        "batch_size, seed",
+    )
+    parser.add_argument("--run", required=True, help="run name, copied into every record")
+    parser.add_argument("--step", type=int, required=True, help="checkpoint step (0 = base model)")
+    parser.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=BACKENDS,
+        help="hf (transformers generate), vllm (GPU), or auto: vllm when CUDA and vllm are present",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
+    )
+    try:
+        cfg = Sampling.from_dict(json.loads(args.sampling))
+        records = sample(args.model, args.eval, cfg, args.run, args.step, args.out, args.backend)
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{prog}: --sampling is not JSON: {err}") from None
+    except SampleError as err:
+        raise SystemExit(f"{prog}: {err}") from None
+    n = len(records)
+    fmt = sum(r["format_reward"] for r in records) / max(n, 1)
+    ok = sum(r["equation_reward"] for r in records) / max(n, 1)
+    log.info("wrote %s: %d completions, format %.3f, success %.3f", args.out, n, fmt, ok)

@@ -1,0 +1,722 @@
+"""Stage `train`: GRPO training of one run with TRL, checkpoints at exactly the configured steps.
+
+Layout of a run folder (`--out-dir`, results/runs/{run}):
+
+- `trainer/`: TRL's output_dir (checkpoint-N with optimizer and rng state). Not a declared
+  output, so Snakemake never deletes it: a rerun resumes from its newest complete checkpoint.
+- `weights/step-N/`: the model (or LoRA adapter) and tokenizer of each configured step, copied
+  out of `trainer/checkpoint-N` at save time, so `save_total_limit` rotation cannot delete it.
+- `checkpoints/step-N.json`: the declared outputs, one manifest per configured step, rewritten
+  from `weights/` at the end of every run (Snakemake deletes them before a rerun).
+- `train_log.jsonl`: TRL's log history, rewritten from the trainer state on every log, so a
+  resumed run (whose state comes from its checkpoint) still holds the whole history once.
+- `completion_samples/`: random completions and successful ones, like the seed's script.
+
+SIGTERM or SIGINT (SLURM preemption, a killed snakemake) asks the trainer to save a checkpoint
+at the end of the current step and stop; the process then exits non-zero so the job counts as
+failed and its rerun resumes. SIGKILL loses the steps since the newest checkpoint-N.
+
+Per-mode settings are pure functions of the run spec (`build_grpo_args`, `model_init_kwargs`,
+`quantization_kwargs`, `lora_kwargs`), testable without CUDA; bitsandbytes, peft, deepspeed and
+vLLM are only imported (by TRL or `build_peft_objects`) in the GPU modes, after `aha.gpu`
+checked that they are installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aha import prompts, rewards
+from aha.config import MODES
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+log = logging.getLogger("aha.train")
+
+TRAINER_DIR = "trainer"
+WEIGHTS_DIR = "weights"
+MANIFEST_DIR = "checkpoints"
+LOG_FILE = "train_log.jsonl"
+SAMPLES_DIR = "completion_samples"
+SAMPLES_FILE = "completion_samples.txt"
+SUCCESS_FILE = "success_completion_samples.txt"
+STATE_FILE = "aha_state.json"  # in each checkpoint-N and weights/step-N: training seconds so far
+# Top-level files of a checkpoint-N that are trainer or DeepSpeed state, not the model.
+_STATE_FILES = frozenset(
+    {
+        "optimizer.pt",
+        "scheduler.pt",
+        "scaler.pt",
+        "trainer_state.json",
+        "training_args.bin",
+        "latest",
+        "zero_to_fp32.py",
+        STATE_FILE,
+    }
+)
+_CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+# transformers 5: `gradient_checkpointing` is a deprecated alias of `activation_checkpointing`;
+# TRL's config still defaults the alias to True, so a mode default must set the new name.
+_CHECKPOINTING_KEYS = ("activation_checkpointing", "gradient_checkpointing")
+GPU_HINT = "pip install 'aha-countdown[gpu]' (or environment.yml), or use config/tiny.yaml on CPU"
+
+
+class TrainError(RuntimeError):
+    """A run that cannot train or resume as configured; one line naming the fix."""
+
+
+# ----------------------------------------------------------------------------- run spec
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run's settings: `aha.config.run_view(config, run)`, as the rule passes them."""
+
+    name: str
+    mode: str
+    model: dict[str, Any]
+    checkpoints: tuple[int, ...]
+    grpo: dict[str, Any]
+    lora: dict[str, Any] = field(default_factory=dict)
+    quantization: dict[str, Any] = field(default_factory=dict)
+    vllm_server: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
+        known = {"name", "mode", "model", "checkpoints", "grpo", "lora", "quantization"}
+        unknown = set(data) - known - {"vllm_server"}
+        if unknown:
+            raise TrainError(f"run spec: unknown keys {', '.join(sorted(unknown))}")
+        mode = data.get("mode")
+        if mode not in MODES:
+            raise TrainError(f"run spec: mode {mode!r} is not one of {', '.join(MODES)}")
+        grpo = dict(data.get("grpo") or {})
+        max_steps = grpo.get("max_steps")
+        if not isinstance(max_steps, int) or max_steps <= 0:
+            raise TrainError(f"grpo.max_steps: required, a positive integer (got {max_steps!r})")
+        steps = tuple(data.get("checkpoints") or ())
+        if not steps or any(not isinstance(s, int) or not 0 < s <= max_steps for s in steps):
+            raise TrainError(
+                f"checkpoints: need steps in 1..grpo.max_steps ({max_steps}), got {list(steps)}"
+            )
+        if list(steps) != sorted(set(steps)):
+            raise TrainError(f"checkpoints: steps must be strictly ascending, got {list(steps)}")
+        return cls(
+            name=str(data.get("name") or "run"),
+            mode=mode,
+            model=dict(data.get("model") or {}),
+            checkpoints=steps,
+            grpo=grpo,
+            lora=dict(data.get("lora") or {}),
+            quantization=dict(data.get("quantization") or {}),
+            vllm_server=dict(data.get("vllm_server") or {}),
+        )
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.grpo["max_steps"])
+
+
+# ----------------------------------------------------------------------------- pure per-mode settings
+
+
+def mode_defaults(mode: str) -> dict[str, Any]:
+    """GRPOConfig values a mode implies; each applies only where the run's grpo does not set it."""
+    if mode == "cpu":
+        return {
+            "use_cpu": True,
+            "bf16": False,
+            "activation_checkpointing": False,
+            "report_to": "none",
+        }
+    if mode in ("qlora", "zero3"):
+        return {"bf16": True, "activation_checkpointing": True, "report_to": "none"}
+    raise TrainError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
+
+
+def model_init_kwargs(spec: RunSpec) -> dict[str, Any]:
+    """`from_pretrained` kwargs from the model section (dtype, attention implementation)."""
+    kwargs: dict[str, Any] = {}
+    if spec.model.get("dtype"):
+        kwargs["dtype"] = spec.model["dtype"]
+    if spec.model.get("attn_implementation"):
+        kwargs["attn_implementation"] = spec.model["attn_implementation"]
+    return kwargs
+
+
+def build_grpo_args(spec: RunSpec, out_dir: str | Path, seed: int | None = None) -> dict[str, Any]:
+    """The GRPOConfig kwargs of a run: its `grpo` unchanged plus our overrides and mode defaults.
+
+    `output_dir` is always OUT/trainer (resume and weight export rely on it); the mode's
+    defaults fill only keys the run leaves unset; `seed` (the workflow seed) applies when grpo
+    sets none; model kwargs from the model section go under `model_init_kwargs`, below any the
+    run sets itself.
+    """
+    grpo = dict(spec.grpo)
+    args = dict(grpo)
+    for key, value in mode_defaults(spec.mode).items():
+        aliases = _CHECKPOINTING_KEYS if key in _CHECKPOINTING_KEYS else (key,)
+        if not any(alias in grpo for alias in aliases):
+            args[key] = value
+    if seed is not None and "seed" not in grpo:
+        args["seed"] = seed
+    if "output_dir" in grpo:
+        log.warning("grpo.output_dir is ignored: training state lives in OUT/%s", TRAINER_DIR)
+    args["output_dir"] = str(Path(out_dir) / TRAINER_DIR)
+    init_kwargs = {**model_init_kwargs(spec), **(grpo.get("model_init_kwargs") or {})}
+    args["model_init_kwargs"] = init_kwargs or None
+    return args
+
+
+def quantization_kwargs(spec: RunSpec) -> dict[str, Any] | None:
+    """BitsAndBytesConfig kwargs (qlora only): 4-bit NF4 with bf16 compute unless overridden."""
+    if spec.mode != "qlora":
+        return None
+    defaults = {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_compute_dtype": "bfloat16",
+    }
+    return {**defaults, **spec.quantization}
+
+
+def lora_kwargs(spec: RunSpec) -> dict[str, Any] | None:
+    """peft.LoraConfig kwargs (qlora only): the notebook's r/alpha/dropout unless overridden."""
+    if spec.mode != "qlora":
+        return None
+    defaults = {
+        "r": 16,
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "target_modules": "all-linear",
+        "task_type": "CAUSAL_LM",
+    }
+    return {**defaults, **spec.lora}
+
+
+def build_peft_objects(spec: RunSpec) -> dict[str, Any]:
+    """GRPOTrainer's `quantization_config` and `peft_config` for qlora (TRL >= 1.8 takes both)."""
+    if spec.mode != "qlora":
+        return {}
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise TrainError(f"mode qlora needs peft: {GPU_HINT}") from None
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(**quantization_kwargs(spec)),
+        "peft_config": LoraConfig(**lora_kwargs(spec)),
+    }
+
+
+def check_environment(spec: RunSpec) -> None:
+    """GPU modes: packages and CUDA present (one-line error naming the fix); no-op on CPU."""
+    if spec.mode == "cpu":
+        return
+    from aha import gpu
+
+    try:
+        gpu.check_mode(spec.mode, spec.grpo)
+    except gpu.GpuEnvError as err:
+        raise TrainError(str(err)) from None
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_train_dataset(data_dir: Path, tokenizer: Any) -> Dataset:
+    """train.parquet with a `prompt` column: the R1 prompt rendered as a plain string.
+
+    A string, not chat messages: TRL renders chat prompts with add_generation_prompt=True, which
+    would close the prefilled assistant turn (see aha.prompts). nums/target (and id, pattern)
+    ride along as columns, which TRL passes to the reward functions.
+    """
+    import pandas as pd
+    from datasets import Dataset
+
+    path = Path(data_dir) / "train.parquet"
+    if not path.is_file():
+        raise TrainError(f"{path}: no training split; run the prepare_dataset rule first")
+    frame = pd.read_parquet(path)
+    missing = {"nums", "target"} - set(frame.columns)
+    if missing:
+        raise TrainError(f"{path}: missing columns {', '.join(sorted(missing))}")
+    nums = [[int(n) for n in row] for row in frame["nums"]]
+    targets = [int(t) for t in frame["target"]]
+    columns: dict[str, list[Any]] = {
+        "prompt": [prompts.render(tokenizer, n, t) for n, t in zip(nums, targets, strict=True)],
+        "nums": nums,
+        "target": targets,
+    }
+    if "id" in frame.columns:
+        columns["id"] = [int(i) for i in frame["id"]]
+    if "pattern" in frame.columns:
+        columns["pattern"] = [None if p is None else str(p) for p in frame["pattern"]]
+    return Dataset.from_dict(columns)
+
+
+# ----------------------------------------------------------------------------- completion samples
+
+
+class CompletionSampler:
+    """Random completions (and successful ones) into the run folder, like the seed's script.
+
+    The seed wrote 10% of completions, and 10% of the correct ones, from inside its reward
+    functions; so does this, from the main process only, with a seeded generator and a size cap
+    per file so a long run cannot fill a disk with text.
+    """
+
+    def __init__(
+        self, out_dir: Path, seed: int, rate: float = 0.1, max_bytes: int = 2_000_000
+    ) -> None:
+        self.dir = Path(out_dir)
+        self.rate = rate
+        self.max_bytes = max_bytes
+        self.rng = random.Random(seed)
+
+    def touch(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for name in (SAMPLES_FILE, SUCCESS_FILE):
+            (self.dir / name).touch()
+
+    def record(
+        self,
+        completions: Sequence[Any],
+        nums: Sequence[Any],
+        target: Sequence[Any],
+        success: Sequence[float],
+        step: int | None,
+    ) -> None:
+        for completion, n, t, ok in zip(completions, nums, target, success, strict=True):
+            text = rewards.completion_text(completion)
+            header = f"step {step} | nums {[int(x) for x in n]} | target {int(t)}"
+            if self.rng.random() < self.rate:
+                self._append(SAMPLES_FILE, header, text)
+            if ok == 1.0 and self.rng.random() < self.rate:
+                self._append(SUCCESS_FILE, header, text)
+
+    def _append(self, name: str, header: str, text: str) -> None:
+        path = self.dir / name
+        if path.exists() and path.stat().st_size >= self.max_bytes:
+            return
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(f"\n\n============== {header}\n{text}")
+
+
+class EquationReward:
+    """`aha.rewards.equation_reward` that also feeds the completion sampler (main process).
+
+    A callable object with the reward's `__name__`, so TRL's log keys stay
+    `rewards/equation_reward/mean`, and picklable, unlike a closure.
+    """
+
+    __name__ = "equation_reward"
+
+    def __init__(self, sampler: CompletionSampler | None) -> None:
+        self.sampler = sampler
+
+    def __call__(
+        self, completions: Sequence[Any], target: Sequence[Any], nums: Sequence[Any], **kwargs: Any
+    ) -> list[float]:
+        scores = rewards.equation_reward(completions, target=target, nums=nums, **kwargs)
+        state = kwargs.get("trainer_state")
+        if self.sampler is not None and getattr(state, "is_world_process_zero", True):
+            step = state.global_step + 1 if state is not None else None  # the step being trained
+            self.sampler.record(completions, nums, target, scores, step)
+        return scores
+
+
+def reward_funcs(sampler: CompletionSampler | None) -> list[Callable[..., list[float]]]:
+    """[format, equation], in the order of the configs' `reward_weights`."""
+    return [rewards.format_reward, EquationReward(sampler)]
+
+
+# ----------------------------------------------------------------------------- checkpoints on disk
+
+
+def checkpoint_step(path: Path) -> int | None:
+    m = _CHECKPOINT_RE.fullmatch(path.name)
+    return int(m.group(1)) if m and path.is_dir() else None
+
+
+def is_complete(checkpoint: Path) -> bool:
+    """Trainer writes trainer_state.json last: a checkpoint without a readable one is partial."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("global_step") == checkpoint_step(checkpoint)
+
+
+def newest_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest complete checkpoint-N under `trainer_dir`, or None."""
+    if not trainer_dir.is_dir():
+        return None
+    found = [(checkpoint_step(p), p) for p in trainer_dir.iterdir() if checkpoint_step(p)]
+    complete = [(s, p) for s, p in found if is_complete(p)]
+    return max(complete)[1] if complete else None
+
+
+def remove_partial_checkpoints(trainer_dir: Path) -> list[Path]:
+    """Delete checkpoint-N dirs a kill left half-written; they would confuse resume and rotation."""
+    removed = []
+    if trainer_dir.is_dir():
+        for path in trainer_dir.iterdir():
+            if checkpoint_step(path) is not None and not is_complete(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def read_state_file(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def export_weights(checkpoint: Path, dest: Path) -> Path:
+    """Copy the model files of `checkpoint` (no optimizer/rng/DeepSpeed state) to `dest`, atomically.
+
+    Copied into a temporary sibling and renamed, so `dest` is either absent or complete.
+    """
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for item in sorted(checkpoint.iterdir()):
+        if (
+            item.is_file()
+            and item.name not in _STATE_FILES
+            and not item.name.startswith("rng_state")
+        ):
+            shutil.copy2(item, tmp / item.name)
+    state = read_state_file(checkpoint)
+    (tmp / STATE_FILE).write_text(json.dumps({"step": checkpoint_step(checkpoint), **state}) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
+def write_manifests(spec: RunSpec, out_dir: Path, base_model: str) -> list[Path]:
+    """checkpoints/step-N.json for every configured step, from the weights dirs (must exist)."""
+    manifest_dir = out_dir / MANIFEST_DIR
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {f"step-{s}.json" for s in spec.checkpoints}
+    for stale in manifest_dir.glob("step-*.json"):
+        if stale.name not in wanted:
+            stale.unlink()
+    written = []
+    for step in spec.checkpoints:
+        weights = out_dir / WEIGHTS_DIR / f"step-{step}"
+        if not weights.is_dir():
+            raise TrainError(
+                f"{weights}: missing, so checkpoint {step} cannot be declared; delete "
+                f"{out_dir / TRAINER_DIR} to train this run again from scratch"
+            )
+        meta = read_state_file(weights)
+        manifest = {
+            "run": spec.name,
+            "step": step,
+            "mode": spec.mode,
+            "path": str(weights),
+            "base_model": base_model,
+            "is_adapter": (weights / "adapter_config.json").is_file(),
+            "train_seconds": meta.get("train_seconds"),
+            "saved_at": meta.get("saved_at"),
+        }
+        path = manifest_dir / f"step-{step}.json"
+        _write_atomic(path, json.dumps(manifest, indent=2) + "\n")
+        written.append(path)
+    return written
+
+
+def recover_weights(spec: RunSpec, out_dir: Path, done_step: int) -> None:
+    """Before resuming at `done_step`: every configured step up to it needs its weights dir.
+
+    A kill between saving checkpoint-N and copying it out leaves the copy to do here.
+    """
+    for step in spec.checkpoints:
+        weights = out_dir / WEIGHTS_DIR / f"step-{step}"
+        if step > done_step or weights.is_dir():
+            continue
+        checkpoint = out_dir / TRAINER_DIR / f"checkpoint-{step}"
+        if not is_complete(checkpoint):
+            raise TrainError(
+                f"checkpoint {step} was passed (resuming at step {done_step}) but neither "
+                f"{weights} nor {checkpoint} exists; delete {out_dir / TRAINER_DIR} to retrain"
+            )
+        log.info("recovering %s from %s", weights, checkpoint)
+        export_weights(checkpoint, weights)
+
+
+def write_log_history(path: Path, history: Iterable[dict[str, Any]]) -> None:
+    """TRL's log history as JSON lines, TRL's key names kept, replacing the file atomically."""
+    _write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+class StopRequest:
+    """SIGTERM/SIGINT -> a flag the step callback turns into "save and stop"; twice -> die now."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in self.SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # second signal: stop waiting for the step to finish
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        log.warning(
+            "%s received: saving a checkpoint at the end of this step, then stopping",
+            signal.Signals(signum).name,
+        )
+
+
+def make_callbacks(
+    spec: RunSpec, out_dir: Path, stop: StopRequest, seconds_before: float
+) -> list[TrainerCallback]:
+    """The step callback (exact checkpoints, stop on signal, weight export) and the log writer."""
+    from transformers import TrainerCallback
+
+    class CheckpointCallback(TrainerCallback):
+        """Save at exactly the configured steps (and the last), export their weights."""
+
+        def __init__(self) -> None:
+            self.steps = frozenset(spec.checkpoints)
+            self.started = time.monotonic()
+            # Set by `train` under several processes: all ranks must agree to stop together.
+            self.sync: Callable[[bool], bool] = lambda flag: flag
+
+        def train_seconds(self) -> float:
+            return round(seconds_before + time.monotonic() - self.started, 3)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in self.steps or state.global_step >= state.max_steps:
+                control.should_save = True
+            if self.sync(stop.signum is not None):
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return control
+            step = state.global_step
+            checkpoint = Path(args.output_dir) / f"checkpoint-{step}"
+            meta = {
+                "train_seconds": self.train_seconds(),
+                "saved_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+            if checkpoint.is_dir():
+                (checkpoint / STATE_FILE).write_text(json.dumps(meta) + "\n")
+                if step in self.steps:
+                    export_weights(checkpoint, out_dir / WEIGHTS_DIR / f"step-{step}")
+                    log.info("checkpoint %d: weights in %s", step, out_dir / WEIGHTS_DIR)
+            return control
+
+    class LogHistoryCallback(TrainerCallback):
+        """Rewrite train_log.jsonl from the trainer's whole log history at every log."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero:
+                write_log_history(out_dir / LOG_FILE, state.log_history)
+            return control
+
+    return [CheckpointCallback(), LogHistoryCallback()]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    stopped_by: str | None  # signal name when a signal stopped training early
+    resumed_from: str | None
+    manifests: list[Path]
+
+
+def train(
+    spec: RunSpec,
+    data_dir: Path,
+    model: str,
+    out_dir: Path,
+    seed: int | None = None,
+    *,
+    sample_rate: float = 0.1,
+    extra_callbacks: Sequence[TrainerCallback] = (),
+) -> TrainResult:
+    """Train one run to `grpo.max_steps`, resuming from OUT/trainer's newest checkpoint if any."""
+    out_dir = Path(out_dir)
+    check_environment(spec)
+    trainer_dir = out_dir / TRAINER_DIR
+    grpo_args = build_grpo_args(spec, out_dir, seed)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+
+    if is_main:
+        for path in remove_partial_checkpoints(trainer_dir):
+            log.warning("removed the partial checkpoint %s (a kill interrupted its saving)", path)
+    resume = newest_checkpoint(trainer_dir)
+    done = checkpoint_step(resume) if resume else 0
+    if resume is not None:
+        log.info("resuming from %s (step %d of %d)", resume, done, spec.max_steps)
+        if is_main:
+            recover_weights(spec, out_dir, done)
+    if done >= spec.max_steps:  # finished before; only the declared outputs are missing
+        state = json.loads((resume / "trainer_state.json").read_text())
+        if is_main:
+            write_log_history(out_dir / LOG_FILE, state.get("log_history", []))
+            manifests = write_manifests(spec, out_dir, model)
+        return TrainResult(done, None, str(resume), manifests if is_main else [])
+
+    from transformers import AutoTokenizer, set_seed
+    from trl import GRPOConfig, GRPOTrainer
+
+    config = GRPOConfig(**grpo_args)
+    set_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left", truncation_side="left")
+    dataset = load_train_dataset(data_dir, tokenizer)
+    sampler = CompletionSampler(out_dir / SAMPLES_DIR, seed=config.seed, rate=sample_rate)
+    if is_main:
+        sampler.touch()
+    stop = StopRequest()
+    seconds_before = float(read_state_file(resume).get("train_seconds", 0.0)) if resume else 0.0
+    callbacks = make_callbacks(spec, out_dir, stop, seconds_before)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs(sampler),
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=[*callbacks, *extra_callbacks],
+        **build_peft_objects(spec),
+    )
+    accelerator = trainer.accelerator
+    if accelerator.num_processes > 1:
+        import torch
+
+        def any_rank(flag: bool) -> bool:
+            flags = torch.tensor([float(flag)], device=accelerator.device)
+            return bool(accelerator.reduce(flags, reduction="sum").item() > 0)
+
+        callbacks[0].sync = any_rank
+    is_main = accelerator.is_main_process
+
+    stop.install()
+    try:
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        stop.uninstall()
+    step = trainer.state.global_step
+    if is_main:
+        write_log_history(out_dir / LOG_FILE, trainer.state.log_history)
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        log.warning(
+            "stopped by %s at step %d; a rerun resumes from checkpoint-%d", name, step, step
+        )
+        return TrainResult(step, name, str(resume) if resume else None, [])
+    manifests = write_manifests(spec, out_dir, model) if is_main else []
+    accelerator.wait_for_everyone()
+    return TrainResult(step, None, str(resume) if resume else None, manifests)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def cli(argv: list[str], prog: str) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="GRPO training of one run with TRL: checkpoints at exactly the configured "
+        "steps, resume from the newest checkpoint, train_log.jsonl and completion samples.",
+    )
+    parser.add_argument(
+        "--run-spec",
+        required=True,
+        help="the run's settings as one JSON string: aha.config.run_view(config, run) "
+        "(name, mode, model, checkpoints, grpo, lora, quantization, vllm_server)",
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, required=True, help="folder holding train.parquet (results/data)"
+    )
+    parser.add_argument(
+        "--model", required=True, help="the policy to start from: a model directory or a Hub id"
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        required=True,
+        help="run folder (results/runs/RUN): trainer/, weights/, checkpoints/, train_log.jsonl",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="seed used when the run's grpo sets no `seed`"
+    )
+    parser.add_argument(
+        "--sample-rate",
+        type=float,
+        default=0.1,
+        help="share of completions written to completion_samples/ (default 0.1, as the seed)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
+    )
+    try:
+        spec = RunSpec.from_dict(json.loads(args.run_spec))
+        result = train(
+            spec, args.data_dir, args.model, args.out_dir, args.seed, sample_rate=args.sample_rate
+        )
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{prog}: --run-spec is not JSON: {err}") from None
+    except TrainError as err:
+        raise SystemExit(f"{prog}: {err}") from None
+    if result.stopped_by is not None:
+        print(
+            f"{prog}: stopped by {result.stopped_by} at step {result.global_step}; rerun to resume",
+            file=sys.stderr,
+        )
+        raise SystemExit(143 if result.stopped_by == "SIGTERM" else 130)
+    log.info("done: step %d, %d checkpoint manifests", result.global_step, len(result.manifests))

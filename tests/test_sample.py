@@ -1,0 +1,189 @@
+"""aha.sample: config and manifest parsing, completion splitting, and real sampling of a tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from aha import sample
+from aha.sample import ModelRef, SampleError, Sampling
+from tests.test_train import make_tiny_model, write_tasks
+
+CFG = {"k": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "batch_size": 4, "seed": 5}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def eval_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tasks(tmp_path_factory.mktemp("data"), n_train=4, n_eval=5) / "eval.parquet"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------- pure parts
+
+
+def test_sampling_config_is_checked() -> None:
+    assert Sampling.from_dict(CFG) == Sampling(3, 1.0, 1.0, 8, 4, 5)
+    assert Sampling.from_dict({}).k == 8  # schema defaults
+    for bad, message in (
+        ({"k": 0}, "sampling.k"),
+        ({"top_p": 0}, "sampling.top_p"),
+        ({"temperature": -1}, "sampling.temperature"),
+        ({"temperature": "hot"}, "sampling.temperature"),
+        ({"beams": 2}, "unknown keys beams"),
+    ):
+        with pytest.raises(SampleError, match=message):
+            Sampling.from_dict(bad)
+
+
+def test_split_completion_stops_at_first_stop_token() -> None:
+    stops = [9, 7]
+    assert sample.split_completion([4, 5, 7, 0, 0], stops, 5) == ([4, 5], 3, False)
+    assert sample.split_completion([9, 0, 0, 0, 0], stops, 5) == ([], 1, False)
+    assert sample.split_completion([4, 5, 6, 1, 2], stops, 5) == ([4, 5, 6, 1, 2], 5, True)
+    # a stop in the very last position is a finished completion, not a truncated one
+    assert sample.split_completion([4, 5, 6, 1, 7], stops, 5) == ([4, 5, 6, 1], 5, False)
+
+
+def test_resolve_model_reads_manifests(tmp_path: Path) -> None:
+    assert sample.resolve_model("Qwen/Qwen2.5-3B-Instruct") == ModelRef("Qwen/Qwen2.5-3B-Instruct")
+    run = tmp_path / "runs" / "r"
+    weights = run / "weights" / "step-4"
+    weights.mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    manifest = run / "checkpoints" / "step-4.json"
+    # a relative path that does not resolve from here: found beside the manifest instead
+    manifest.write_text(json.dumps({"step": 4, "path": "elsewhere/weights/step-4", "mode": "cpu"}))
+    assert sample.resolve_model(str(manifest)) == ModelRef(str(weights.resolve()), mode="cpu")
+    adapter = {"step": 4, "path": str(weights), "is_adapter": True, "base_model": "base/dir"}
+    manifest.write_text(json.dumps({**adapter, "mode": "qlora"}))
+    assert sample.resolve_model(str(manifest)) == ModelRef(str(weights), "base/dir", True, "qlora")
+    manifest.write_text(json.dumps({**adapter, "base_model": None}))
+    with pytest.raises(SampleError, match="without base_model"):
+        sample.resolve_model(str(manifest))
+    with pytest.raises(SampleError, match="no such checkpoint manifest"):
+        sample.resolve_model(str(tmp_path / "step-9.json"))
+
+
+def test_vllm_backend_without_vllm_names_the_fix(tiny_model: Path, eval_path: Path) -> None:
+    with pytest.raises(SampleError, match=r"vllm.*--backend hf"):
+        sample._sample_vllm(ModelRef(str(tiny_model)), sample.load_tasks(eval_path), Sampling())
+    assert sample.choose_backend("auto") == "hf"  # no CUDA, no vllm here
+
+
+# ----------------------------------------------------------------------------- real sampling
+
+
+def test_sampling_writes_k_records_per_prompt_deterministically(
+    tmp_path: Path, tiny_model: Path, eval_path: Path
+) -> None:
+    out = tmp_path / "samples" / "step-0.jsonl"
+    argv = ["--model", str(tiny_model), "--eval", str(eval_path), "--sampling", json.dumps(CFG)]
+    argv += ["--run", "r", "--step", "0", "--out", str(out), "--backend", "hf"]
+    sample.cli(argv, prog="python -m aha sample")
+    rows = read_jsonl(out)
+    tasks = pd.read_parquet(eval_path)
+    assert len(rows) == 5 * 3
+    assert all(list(r) == list(sample.SAMPLE_KEYS) for r in rows)
+    assert [(r["prompt_id"], r["sample_index"]) for r in rows] == [
+        (int(i), j) for i in tasks["id"] for j in range(3)
+    ]
+    assert [r["target"] for r in rows[::3]] == [int(t) for t in tasks["target"]]
+    assert all(r["run"] == "r" and r["step"] == 0 for r in rows)
+    assert all(r["truncated"] == (r["num_tokens"] == 8) for r in rows if r["truncated"])
+    assert all(1 <= r["num_tokens"] <= 8 for r in rows)
+    assert all(
+        r["format_reward"] in (0.0, 1.0) and r["equation_reward"] in (0.0, 1.0) for r in rows
+    )
+    assert "<think>" not in "".join(r["text"] for r in rows)  # completion only, no prompt
+
+    again = tmp_path / "again.jsonl"
+    sample.cli([*argv[:-3], str(again), "--backend", "hf"], prog="python -m aha sample")
+    assert again.read_text() == out.read_text()
+    other = tmp_path / "other.jsonl"
+    reseeded = json.dumps({**CFG, "seed": 6})
+    sample.cli(
+        [*argv[:5], reseeded, *argv[6:-3], str(other), "--backend", "hf"],
+        prog="python -m aha sample",
+    )
+    assert [r["text"] for r in read_jsonl(other)] != [r["text"] for r in rows]
+
+
+def test_truncated_flag_and_token_counts(tiny_model: Path, eval_path: Path) -> None:
+    """Greedy decoding against a hand-rolled argmax loop: a stop token inside the continuation
+    ends it there (counted, not in the text); a stop it never reaches leaves it truncated."""
+    import torch
+
+    model, tokenizer = sample.load_hf(ModelRef(str(tiny_model)))
+    text = sample.render_prompts(tokenizer, sample.load_tasks(eval_path))[:1]
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    greedy_tokens = []
+    with torch.inference_mode():
+        for _ in range(6):
+            nxt = int(model(input_ids=ids).logits[0, -1].argmax())
+            greedy_tokens.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+    greedy = Sampling(k=2, temperature=0.0, max_new_tokens=6, batch_size=2)
+
+    def run_with_stop(stop: int) -> list:
+        model.generation_config.eos_token_id = [stop]
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(stop)
+        return sample.generate_hf(model, tokenizer, text, greedy, progress=False)
+
+    never = next(t for t in range(3, len(tokenizer)) if t not in greedy_tokens)
+    full = run_with_stop(never)
+    assert [(c.num_tokens, c.truncated) for c in full] == [(6, True)] * 2
+    assert full[0].text == tokenizer.decode(greedy_tokens, skip_special_tokens=True)
+
+    cut = greedy_tokens.index(greedy_tokens[3])  # first occurrence of the 4th token
+    ended = run_with_stop(greedy_tokens[3])
+    assert [(c.num_tokens, c.truncated) for c in ended] == [(cut + 1, False)] * 2
+    assert ended[0].text == tokenizer.decode(greedy_tokens[:cut], skip_special_tokens=True)
+
+
+def test_adapter_checkpoint_loads_on_its_base(
+    tmp_path: Path, tiny_model: Path, eval_path: Path
+) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    # random A and B (not PEFT's zero B), scaled up: the adapter must visibly change the model
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=256,
+        target_modules=["q_proj", "v_proj", "down_proj"],
+        init_lora_weights=False,
+    )
+    adapter_dir = tmp_path / "run" / "weights" / "step-2"
+    get_peft_model(base, lora).save_pretrained(adapter_dir)
+    manifest = tmp_path / "run" / "checkpoints" / "step-2.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text(
+        json.dumps(
+            {"step": 2, "path": str(adapter_dir), "is_adapter": True, "base_model": str(tiny_model)}
+        )
+    )
+    cfg = Sampling(k=2, temperature=1.0, max_new_tokens=6, batch_size=10)
+    with_adapter = sample.sample(str(manifest), eval_path, cfg, "r", 2, tmp_path / "a.jsonl", "hf")
+    plain = sample.sample(str(tiny_model), eval_path, cfg, "r", 0, tmp_path / "b.jsonl", "hf")
+    assert len(with_adapter) == len(plain) == 10
+    assert [r["text"] for r in with_adapter] != [r["text"] for r in plain]
+
+
+def test_cli_refuses_bad_sampling_json(tmp_path: Path, tiny_model: Path, eval_path: Path) -> None:
+    argv = ["--model", str(tiny_model), "--eval", str(eval_path), "--sampling", '{"k": 0}']
+    argv += ["--run", "r", "--step", "0", "--out", str(tmp_path / "x.jsonl")]
+    with pytest.raises(SystemExit, match=r"sampling\.k"):
+        sample.cli(argv, prog="python -m aha sample")
+    assert not (tmp_path / "x.jsonl").exists()
