@@ -354,3 +354,19 @@ def test_environment_page_lists_versions(sweep: tuple[Path, dict]) -> None:
 def test_bad_runs_argument_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--runs"):
         report.parse_runs("[1, 2]")
+
+
+def test_examples_without_successes_or_closing_tag(tmp_path: Path) -> None:
+    samples = synthetic_samples("tiny-a", 0, successes=0, n_prompts=2, k=2)
+    samples[0]["text"] = "1 + 2 = 3, no closing tag"  # truncated thinking: no </think>
+    write_jsonl(tmp_path / "runs" / "tiny-a" / "samples" / "step-0.jsonl", samples)
+    run = report.RunInfo("tiny-a", (0,), "tiny", "Qwen/Qwen2.5-3B-Instruct")
+    page = report.examples_page(run, tmp_path / "runs", 4)  # all 4 failures are shown
+    assert "the offline tiny model built by the workflow" in page and "Qwen" not in page
+    assert "0 of 4 completions successful" in page
+    assert page.count("no successful completion at this step") == 1
+    assert "no other" not in page  # the failed column is full
+    assert page.count('<td class="fail">') == 4
+    assert page.count("after &lt;/think&gt;") == 3  # not for the unclosed completion
+    assert page.count("(no &lt;/think&gt;)") == 1
+    assert "1 + 2 = 3, no closing tag" in page

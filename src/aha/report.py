@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import behaviours
+from aha.config import run_view, steps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -91,8 +92,6 @@ def report_files(runs: Iterable[str]) -> list[str]:
 
 def runs_argument(config: Mapping[str, Any]) -> dict[str, Any]:
     """The --runs value of both stages: each run's steps (0 + checkpoints) and model."""
-    from aha.config import run_view, steps
-
     out = {}
     for run in config["runs"]:
         model = run_view(dict(config), run)["model"]
@@ -116,6 +115,12 @@ class RunInfo:
     model_name: str
 
     @property
+    def model_label(self) -> str:
+        if self.model_source == "tiny":
+            return "the offline tiny model built by the workflow"
+        return self.model_name or self.model_source
+
+    @property
     def seed_comparable(self) -> bool:
         """A Qwen Hub model, as in the seed: only then are the seed's numbers a fair reference."""
         return self.model_source == "hub" and "qwen" in self.model_name.lower()
@@ -137,9 +142,9 @@ def parse_runs(text: str) -> dict[str, RunInfo]:
     runs = {}
     for name, spec in raw.items():
         model = spec.get("model") or {}
-        steps = tuple(int(s) for s in spec.get("steps", [0]))
+        run_steps = tuple(int(s) for s in spec.get("steps", [0]))
         runs[name] = RunInfo(
-            name, steps, str(model.get("source", "")), str(model.get("name_or_path", ""))
+            name, run_steps, str(model.get("source", "")), str(model.get("name_or_path", ""))
         )
     return runs
 
@@ -724,10 +729,17 @@ def _clip(text: str) -> str:
     return text[:MAX_TEXT_CHARS] + f"\n… ({len(text) - MAX_TEXT_CHARS} more characters)"
 
 
-def completion_cell(sample: Mapping[str, Any] | None, kind: str, other: bool = False) -> str:
-    """One completion: task, thinking, answer, rewards and detected behaviours; all escaped."""
+def completion_cell(sample: Mapping[str, Any] | None, kind: str, row: int, shown: int) -> str:
+    """One completion: task, thinking, answer, rewards and detected behaviours; all escaped.
+
+    An empty cell (row `row`, `shown` examples of this kind) says why it is empty, once.
+    """
     if sample is None:
-        return f'<td class="note">no {"other " if other else ""}{kind} completion at this step</td>'
+        if row == 0:
+            return f'<td class="note">no {kind} completion at this step</td>'
+        if row == shown:
+            return f'<td class="note">no other {kind} completion at this step</td>'
+        return "<td></td>"
     text = str(sample.get("text", ""))
     end = text.find(behaviours.THINK_END)
     think = text if end < 0 else text[:end]
@@ -745,6 +757,9 @@ def completion_cell(sample: Mapping[str, Any] | None, kind: str, other: bool = F
     nums = ", ".join(map(str, nums)) if isinstance(nums, list) else nums
     truncated = " · truncated" if sample.get("truncated") else ""
     tags_html = "".join(f'<span class="tag">{esc(t)}</span>' for t in tags)
+    after_html = (
+        f"<div><b>after &lt;/think&gt;</b></div><pre>{esc(_clip(after))}</pre>" if end >= 0 else ""
+    )
     closing = "" if end >= 0 else ' <span class="warn">(no &lt;/think&gt;)</span>'
     return (
         f'<td class="{"ok" if kind == "successful" else "fail"}">'
@@ -752,7 +767,7 @@ def completion_cell(sample: Mapping[str, Any] | None, kind: str, other: bool = F
         f" · pattern {esc(sample.get('pattern'))} · prompt {esc(sample.get('prompt_id'))}"
         f" / sample {esc(sample.get('sample_index'))}</div>"
         f"<div><b>&lt;think&gt;</b>{closing}</div><pre>{esc(_clip(think))}</pre>"
-        f"<div><b>after &lt;/think&gt;</b></div><pre>{esc(_clip(after))}</pre>"
+        f"{after_html}"
         f"<div>answer: {answer}</div>"
         f"<div>format reward {esc(sample.get('format_reward'))} · equation reward "
         f"{esc(sample.get('equation_reward'))} · {esc(sample.get('num_tokens'))} tokens"
@@ -784,8 +799,8 @@ def examples_section(path: Path, run: str, step: int, n: int) -> str:
     )
     rows = [
         "<tr>"
-        + completion_cell(good[i] if i < len(good) else None, "successful", i > 0)
-        + completion_cell(bad_ones[i] if i < len(bad_ones) else None, "failed", i > 0)
+        + completion_cell(good[i] if i < len(good) else None, "successful", i, len(good))
+        + completion_cell(bad_ones[i] if i < len(bad_ones) else None, "failed", i, len(bad_ones))
         + "</tr>"
         for i in range(max(len(good), len(bad_ones), 1))
     ]
@@ -802,7 +817,7 @@ def examples_page(run: RunInfo, runs_dir: Path, n: int) -> str:
         for step in run.steps
     ]
     intro = (
-        f'<p class="note">Model: {esc(run.model_name or run.model_source)}. The prompt ends with '
+        f'<p class="note">Model: {esc(run.model_label)}. The prompt ends with '
         "the prefilled &lt;think&gt;; the completion continues inside it. Model output is shown "
         "verbatim (escaped). Behaviour tags come from aha.behaviours.</p>"
     )
