@@ -29,6 +29,7 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
 test: $(STAMP)
+	scripts/install-chromium.sh
 	$(BIN)/python -m pytest -ra
 
 lint: $(STAMP)

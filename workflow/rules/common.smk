@@ -1,12 +1,14 @@
 # Config validation (schema + semantic checks), run/step helpers and input functions.
 import json
 import os
+import re
 import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from aha.config import ConfigError, check, run_view, schema_error, steps
+from aha.report import report_files
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
 if problem := schema_error(config, SCHEMA):
@@ -21,12 +23,49 @@ except ConfigError as err:
 # first on PATH, so `python` is it even when the venv is not activated.
 shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 DATA = "results/data"
+TINY = "results/models/tiny"
 RUNS = list(config["runs"])
 
 
+wildcard_constraints:
+    run="|".join(re.escape(r) for r in RUNS),
+    step=r"\d+",
+
+
+def model_path(run):
+    """What training and step-0 sampling load: the built tiny model, a Hub id or a local dir."""
+    model = run_view(config, run)["model"]
+    return TINY if model["source"] == "tiny" else model["name_or_path"]
+
+
+def model_input(wildcards):
+    """File dependency on the model: only the tiny model is built by the workflow."""
+    return TINY if run_view(config, wildcards.run)["model"]["source"] == "tiny" else []
+
+
+def sample_input(wildcards):
+    """Step 0 samples the untrained model; every other step waits for the run's checkpoints."""
+    if int(wildcards.step) == 0:
+        return model_input(wildcards)
+    return f"results/runs/{wildcards.run}/checkpoints"
+
+
+def sample_model(run, step):
+    """The --model argument of sampling: base model at step 0, else the step's manifest."""
+    if step == 0:
+        return model_path(run)
+    if step not in steps(config, run):
+        raise WorkflowError(f"runs.{run}: step {step} is not a configured checkpoint")
+    return f"results/runs/{run}/checkpoints/step-{step}.json"
+
+
+def score_files():
+    return [f"results/runs/{run}/scores/step-{step}.json" for run in RUNS for step in steps(config, run)]
+
+
 def final_targets():
-    """Everything `rule all` builds."""
-    return [f"{DATA}/train.parquet", f"{DATA}/test.parquet", f"{DATA}/eval.parquet", f"{DATA}/card.json"]
+    """Everything `rule all` builds: the summary and every report figure and table."""
+    return ["results/summary.tsv", *report_files(RUNS)]
 
 
 def as_json(obj):

@@ -1,0 +1,82 @@
+"""The real tiny DAG, run once per session through Snakemake (tests/data/tiny-test.yaml)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import TINY_TEST_CONFIG
+
+pytestmark = pytest.mark.slow
+
+CFG = yaml.safe_load(TINY_TEST_CONFIG.read_text())
+RUN = next(iter(CFG["runs"]))
+STEPS = [0, *CFG["checkpoints"]]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_data_splits(tiny_dag: Path) -> None:
+    data = tiny_dag / "results" / "data"
+    train, test, ev = (pd.read_parquet(data / f"{s}.parquet") for s in ("train", "test", "eval"))
+    ds = CFG["dataset"]
+    assert len(train) + len(test) == ds["num_samples"]
+    assert len(ev) == ds["eval_size"]
+    assert set(ev["id"]) <= set(test["id"])
+    assert not set(train["id"]) & set(test["id"])
+    card = json.loads((data / "card.json").read_text())
+    assert json.dumps(card)  # valid JSON with content
+    assert all(len(nums) == 3 for nums in train["nums"])
+
+
+def test_checkpoints_exactly_at_configured_steps(tiny_dag: Path) -> None:
+    run_dir = tiny_dag / "results" / "runs" / RUN
+    manifests = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.json"))
+    assert manifests == sorted(f"step-{s}.json" for s in CFG["checkpoints"])
+    for step in CFG["checkpoints"]:
+        manifest = json.loads((run_dir / "checkpoints" / f"step-{step}.json").read_text())
+        assert manifest["step"] == step
+        weights = Path(manifest["path"])
+        weights = weights if weights.is_absolute() else tiny_dag / weights
+        assert (weights / "config.json").exists() or (weights / "adapter_config.json").exists()
+
+
+def test_train_log_and_completion_samples(tiny_dag: Path) -> None:
+    run_dir = tiny_dag / "results" / "runs" / RUN
+    log = read_jsonl(run_dir / "train_log.jsonl")
+    logged = [row["step"] for row in log if "reward" in row]
+    assert logged and max(logged) == CFG["runs"][RUN]["grpo"]["max_steps"]
+    samples = run_dir / "completion_samples"
+    text = (samples / "completion_samples.txt").read_text()
+    assert text.strip()
+    assert (samples / "success_completion_samples.txt").exists()
+
+
+def test_samples_and_scores_for_every_step(tiny_dag: Path) -> None:
+    run_dir = tiny_dag / "results" / "runs" / RUN
+    n = CFG["dataset"]["eval_size"] * CFG["sampling"]["k"]
+    for step in STEPS:
+        rows = read_jsonl(run_dir / "samples" / f"step-{step}.jsonl")
+        assert len(rows) == n
+        assert {r["step"] for r in rows} == {step}
+        assert all(0.0 <= r["equation_reward"] <= 1.0 for r in rows)
+        score = json.loads((run_dir / "scores" / f"step-{step}.json").read_text())
+        assert score["n_completions"] == n
+
+
+def test_summary_has_a_row_per_step(tiny_dag: Path) -> None:
+    summary = pd.read_csv(tiny_dag / "results" / "summary.tsv", sep="\t")
+    assert list(summary["step"]) == STEPS
+    assert set(summary["run"]) == {RUN}
+    assert summary.drop(columns=["run"]).notna().all().all()
+
+
+def test_report_written(tiny_dag: Path) -> None:
+    report = tiny_dag / "results" / "report.html"
+    assert report.stat().st_size > 10_000

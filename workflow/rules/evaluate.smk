@@ -1,0 +1,53 @@
+# Sample every checkpoint (and step 0, the untrained model) on the fixed eval split, score it,
+# and collect one row per (run, step) into results/summary.tsv.
+
+
+rule sample:
+    input:
+        eval=f"{DATA}/eval.parquet",
+        model=sample_input,
+    output:
+        "results/runs/{run}/samples/step-{step}.jsonl",
+    params:
+        model=lambda wc: sample_model(wc.run, int(wc.step)),
+        sampling=lambda wc: as_json(config["sampling"]),
+        backend=lambda wc: "hf" if run_view(config, wc.run)["mode"] == "cpu" else "auto",
+    threads: workflow.cores
+    log:
+        "logs/sample/{run}-{step}.log",
+    benchmark:
+        "benchmarks/sample/{run}-{step}.tsv"
+    conda:
+        "../envs/aha.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} python -m aha sample --model {params.model} "
+        "--eval {input.eval} --sampling {params.sampling:q} --backend {params.backend} "
+        "--run {wildcards.run} --step {wildcards.step} --out {output} > {log} 2>&1"
+
+
+rule score:
+    input:
+        "results/runs/{run}/samples/step-{step}.jsonl",
+    output:
+        "results/runs/{run}/scores/step-{step}.json",
+    log:
+        "logs/score/{run}-{step}.log",
+    conda:
+        "../envs/aha.yaml"
+    shell:
+        "python -m aha score --samples {input} --out {output} > {log} 2>&1"
+
+
+rule aggregate:
+    input:
+        score_files(),
+    output:
+        summary="results/summary.tsv",
+        by_pattern="results/summary_by_pattern.tsv",
+    log:
+        "logs/aggregate/aggregate.log",
+    conda:
+        "../envs/aha.yaml"
+    shell:
+        "python -m aha aggregate --scores {input} --out {output.summary} "
+        "--by-pattern-out {output.by_pattern} > {log} 2>&1"

@@ -1,0 +1,54 @@
+# GRPO training of one run. The declared output is the run's directory of checkpoint manifests
+# (one per configured step; per-run checkpoint lists make a fixed file list impossible). TRL's
+# own state lives in results/runs/{run}/trainer/, outside declared outputs, so a rerun of an
+# interrupted job resumes from its newest checkpoint-N instead of starting over.
+# The command depends on the mode (aha.launch.train_command): cpu/qlora run `python -m aha
+# train`; zero3 runs it under `accelerate launch` (DeepSpeed ZeRO-3), on all GPUs with vLLM
+# colocated, or on all but the last with `trl vllm-serve` started there and always stopped.
+import shlex
+
+from aha.launch import default_gpus, train_command
+
+
+def launch_command(wildcards, resources):
+    spec = run_view(config, wildcards.run)
+    cmd = train_command(
+        spec,
+        int(resources.gpu),
+        "python",
+        [],
+        model=model_path(wildcards.run),
+        server_log=f"logs/train_grpo/{wildcards.run}.vllm-server.log",
+    )
+    return shlex.join(cmd)
+
+
+
+rule train_grpo:
+    input:
+        train=f"{DATA}/train.parquet",
+        model=model_input,
+    output:
+        checkpoints=directory("results/runs/{run}/checkpoints"),
+        log_history="results/runs/{run}/train_log.jsonl",
+    params:
+        spec=lambda wc: as_json(run_view(config, wc.run)),
+        model=lambda wc: model_path(wc.run),
+        data_dir=DATA,
+        out_dir=lambda wc: f"results/runs/{wc.run}",
+        seed=config["seed"],
+        launch=launch_command,
+    threads: workflow.cores
+    resources:
+        gpu=lambda wc: default_gpus(run_view(config, wc.run)),
+    log:
+        "logs/train_grpo/{run}.log",
+    benchmark:
+        "benchmarks/train_grpo/{run}.tsv"
+    conda:
+        "../envs/aha.yaml"
+    shell:
+        "python -m aha check-gpu --run-spec {params.spec:q} --model {params.model} > {log} 2>&1 && "
+        "OMP_NUM_THREADS={threads} {params.launch} --run-spec {params.spec:q} "
+        "--data-dir {params.data_dir} --model {params.model} --out-dir {params.out_dir} "
+        "--seed {params.seed} >> {log} 2>&1"
