@@ -1,0 +1,258 @@
+"""Reasoning traces for the tiny model's warm start, generated from the exact solver.
+
+A trace is the completion that follows the prompt's `<think>`. It restates the numbers, tries
+0–N wrong candidates, then either reaches the target or, `give_up_rate` of the time, gives up on
+its last wrong candidate, and closes with `</think>\\n<answer> EXPR </answer>`:
+
+    Numbers 12, 7, 3; target 27.
+    12 + 7 = 19, 19 + 3 = 22, not 27; try again.
+    12 - 3 = 9, 9 * 3 = ...
+
+Each candidate is written as the steps a person computes, one operation on two numbers at a time
+("12 + 7 = 19, 19 + 3 = 22"), not as a whole expression with its value: one small operation per
+step is what a 2M-parameter model can learn, and the step that meets the remaining number sees
+the intermediate value beside the target, so choosing it is a local decision. Every stated value
+is exact, so the warm model learns a real check ("not 27" / "yes"); giving up makes it solve some
+tasks but far from all, which leaves GRPO something to sharpen. The answer puts parentheses
+around every intermediate result, so it is copied from the steps without precedence rules.
+
+Pure Python (no torch): the traces are also what the tests score.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from aha import countdown
+
+OPS = "+-*/"
+MAX_TRIES = 200  # random expressions drawn per trace before settling for fewer wrong candidates
+
+# An expression tree: an int leaf, or (op, left, right).
+Expr = int | tuple[str, "Expr", "Expr"]
+
+
+@dataclass(frozen=True)
+class Trace:
+    """One supervised completion and what it claims."""
+
+    nums: tuple[int, ...]
+    target: int
+    completion: str
+    answer: str
+    correct: bool
+    wrong_candidates: int
+
+
+def value(expr: Expr) -> Fraction | None:
+    """Exact value, or None on division by zero."""
+    if isinstance(expr, int):
+        return Fraction(expr)
+    op, left, right = expr
+    a, b = value(left), value(right)
+    if a is None or b is None:
+        return None
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return None if b == 0 else a / b
+
+
+def integral(expr: Expr) -> bool:
+    """True when every step's result is a non-negative integer (the Countdown rule)."""
+    if isinstance(expr, int):
+        return expr >= 0
+    v = value(expr)
+    ok = v is not None and v.denominator == 1 and v >= 0
+    return ok and integral(expr[1]) and integral(expr[2])
+
+
+def leaves(expr: Expr) -> list[int]:
+    """The numbers an expression uses, left to right."""
+    return [expr] if isinstance(expr, int) else leaves(expr[1]) + leaves(expr[2])
+
+
+def canonical(expr: Expr) -> Expr:
+    """Operands of + and * in one order: a computed result before a given number, else the larger
+    first ('37 + 6', '19 + 18'). Halves the facts to learn; - and / keep their order."""
+    if isinstance(expr, int):
+        return expr
+    op, left, right = expr[0], canonical(expr[1]), canonical(expr[2])
+    if op in "+*" and _order_key(right) > _order_key(left):
+        left, right = right, left
+    return (op, left, right)
+
+
+def _order_key(expr: Expr) -> tuple[bool, Fraction]:
+    return (not isinstance(expr, int), value(expr) or Fraction(0))
+
+
+def answer_text(expr: Expr) -> str:
+    """Infix text with every intermediate result in parentheses: '(12 - 7) * 3'."""
+    if isinstance(expr, int):
+        return str(expr)
+    op, left, right = expr
+
+    def side(e: Expr) -> str:
+        return str(e) if isinstance(e, int) else f"({answer_text(e)})"
+
+    return f"{side(left)} {op} {side(right)}"
+
+
+def steps_text(expr: Expr) -> tuple[str, int]:
+    """('12 + 7 = 19, 19 + 3 = 22', 22): the steps in the order they are computed."""
+    steps: list[str] = []
+
+    def walk(e: Expr) -> int:
+        if isinstance(e, int):
+            return e
+        op, left, right = e
+        a, b = walk(left), walk(right)
+        result = value(e)
+        if result is None or result.denominator != 1:
+            raise ValueError(f"{answer_text(e)} is not a whole number")
+        steps.append(f"{a} {op} {b} = {int(result)}")
+        return int(result)
+
+    result = walk(expr)
+    return ", ".join(steps), result
+
+
+_TOKEN = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
+
+
+def parse(text: str) -> Expr:
+    """Parse an arithmetic expression (integers, + - * /, parentheses) into a tree.
+
+    Only for the solver's own output: precedence climbing over a token list, no eval.
+    """
+    tokens: list[str] = []
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None:
+            raise ValueError(f"cannot parse {text!r} at {pos}")
+        tokens.append(m.group(1) or m.group(2))
+        pos = m.end()
+    expr, rest = _parse_sum(tokens)
+    if rest:
+        raise ValueError(f"trailing tokens in {text!r}")
+    return expr
+
+
+def _parse_sum(tokens: list[str]) -> tuple[Expr, list[str]]:
+    left, tokens = _parse_product(tokens)
+    while tokens and tokens[0] in "+-":
+        op = tokens[0]
+        right, tokens = _parse_product(tokens[1:])
+        left = (op, left, right)
+    return left, tokens
+
+
+def _parse_product(tokens: list[str]) -> tuple[Expr, list[str]]:
+    left, tokens = _parse_atom(tokens)
+    while tokens and tokens[0] in "*/":
+        op = tokens[0]
+        right, tokens = _parse_atom(tokens[1:])
+        left = (op, left, right)
+    return left, tokens
+
+
+def _parse_atom(tokens: list[str]) -> tuple[Expr, list[str]]:
+    if not tokens:
+        raise ValueError("expression ends early")
+    if tokens[0] == "(":
+        inner, rest = _parse_sum(tokens[1:])
+        if not rest or rest[0] != ")":
+            raise ValueError("unbalanced parentheses")
+        return inner, rest[1:]
+    if tokens[0].isdigit():
+        return int(tokens[0]), tokens[1:]
+    raise ValueError(f"unexpected {tokens[0]!r}")
+
+
+def random_expr(nums: Sequence[int], rng: random.Random) -> Expr:
+    """A random full expression using every number once: random order, shape and operators."""
+    items: list[Expr] = list(nums)
+    rng.shuffle(items)
+    while len(items) > 1:
+        i = rng.randrange(len(items) - 1)
+        items[i : i + 2] = [(rng.choice(OPS), items[i], items[i + 1])]
+    return items[0]
+
+
+def wrong_candidates(nums: Sequence[int], target: int, n: int, rng: random.Random) -> list[Expr]:
+    """Up to `n` distinct whole-number candidates that miss the target."""
+    found: dict[str, Expr] = {}
+    for _ in range(MAX_TRIES):
+        if len(found) >= n:
+            break
+        expr = canonical(random_expr(nums, rng))
+        if integral(expr) and value(expr) != target:
+            found.setdefault(answer_text(expr), expr)
+    return list(found.values())
+
+
+def solutions(nums: Sequence[int], target: int) -> list[Expr]:
+    """The solver's distinct solutions whose every step is a whole number, as canonical trees."""
+    trees = {}
+    for text in countdown.solve(list(nums), target, max_solutions=None):
+        tree = canonical(parse(text))
+        if integral(tree) and value(tree) == target:
+            trees.setdefault(answer_text(tree), tree)
+    return list(trees.values())
+
+
+def make_trace(
+    nums: Sequence[int],
+    target: int,
+    rng: random.Random,
+    give_up_rate: float = 0.7,
+    max_wrong: int = 2,
+) -> Trace:
+    """One trace; `rng` decides the candidates and whether it gives up.
+
+    A task without a whole-number solution (rare) gets a give-up trace: the trace never claims
+    what it cannot show.
+    """
+    nums, target = [int(n) for n in nums], int(target)
+    good = solutions(nums, target)
+    give_up = not good or (max_wrong > 0 and rng.random() < give_up_rate)
+    n_wrong = rng.randint(1 if give_up else 0, max(1, max_wrong) if give_up else max_wrong)
+    tried = wrong_candidates(nums, target, n_wrong, rng)
+    if give_up and not tried:
+        raise ValueError(f"{nums} -> {target}: no solution and no wrong candidate to give up on")
+    lines = [f"\nNumbers {', '.join(map(str, nums))}; target {target}."]
+    for i, expr in enumerate(tried):
+        steps, _ = steps_text(expr)
+        verdict = "give up." if give_up and i == len(tried) - 1 else "try again."
+        lines.append(f"{steps}, not {target}; {verdict}")
+    if give_up:
+        final = tried[-1]
+    else:
+        final = rng.choice(good)
+        lines.append(f"{steps_text(final)[0]}, yes.")
+    answer = answer_text(final)
+    completion = "\n".join(lines) + f"\n</think>\n<answer> {answer} </answer>"
+    return Trace(tuple(nums), target, completion, answer, not give_up, len(tried))
+
+
+def summary(traces: Sequence[Trace]) -> dict[str, Any]:
+    """Shares that describe a trace set (written to warm_start.json)."""
+    n = len(traces)
+    wrong = Counter(t.wrong_candidates for t in traces)
+    return {
+        "count": n,
+        "correct_share": sum(t.correct for t in traces) / n if n else 0.0,
+        "wrong_candidates": {str(k): wrong[k] / n for k in sorted(wrong)},
+    }
