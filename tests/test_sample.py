@@ -55,8 +55,12 @@ def test_split_completion_stops_at_first_stop_token() -> None:
     assert sample.split_completion([4, 5, 6, 1, 7], stops, 5) == ([4, 5, 6, 1], 5, False)
 
 
-def test_resolve_model_reads_manifests(tmp_path: Path) -> None:
-    assert sample.resolve_model("Qwen/Qwen2.5-3B-Instruct") == ModelRef("Qwen/Qwen2.5-3B-Instruct")
+def test_resolve_model_reads_manifests(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sample.resolve_model(str(tmp_path)) == ModelRef(str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(SampleError, match=r"hf download Qwen/Qwen2\.5-3B-Instruct"):
+        sample.resolve_model("Qwen/Qwen2.5-3B-Instruct")
     run = tmp_path / "runs" / "r"
     weights = run / "weights" / "step-4"
     weights.mkdir(parents=True)

@@ -249,6 +249,17 @@ def test_gpu_mode_without_cuda_fails_with_the_fix(tmp_path: Path, tiny_model: Pa
     assert not (tmp_path / "run").exists()
 
 
+def test_unknown_grpo_option_and_missing_model_are_one_line_errors(
+    tmp_path: Path, tiny_model: Path, data_dir: Path
+) -> None:
+    with pytest.raises(
+        TrainError, match=r"runs\.t\.grpo: TRL's GRPOConfig refused.*num_generationz"
+    ):
+        train.train(run_spec(num_generationz=4), data_dir, str(tiny_model), tmp_path / "a")
+    with pytest.raises(TrainError, match="no such directory"):
+        train.train(run_spec(), data_dir, str(tmp_path / "nowhere"), tmp_path / "b")
+
+
 # ----------------------------------------------------------------------------- helpers on disk
 
 

@@ -109,6 +109,13 @@ def resolve_model(arg: str) -> ModelRef:
     """
     path = Path(arg)
     if path.suffix != ".json":
+        if not path.is_dir():  # a Hub id: cached or reachable, else one line naming the fix
+            from aha import gpu
+
+            try:
+                gpu.resolve_model(arg)
+            except gpu.GpuEnvError as err:
+                raise SampleError(str(err)) from None
         return ModelRef(arg)
     if not path.is_file():
         raise SampleError(f"{arg}: no such checkpoint manifest")

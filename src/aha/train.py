@@ -226,14 +226,17 @@ def build_peft_objects(spec: RunSpec) -> dict[str, Any]:
     }
 
 
-def check_environment(spec: RunSpec) -> None:
-    """GPU modes: packages and CUDA present (one-line error naming the fix); no-op on CPU."""
-    if spec.mode == "cpu":
-        return
+def check_environment(spec: RunSpec, model: str) -> None:
+    """GPU modes: packages and CUDA present; a model that is neither local nor reachable.
+
+    Each failure is one line naming the fix (aha.gpu), before any slow import or download.
+    """
     from aha import gpu
 
     try:
         gpu.check_mode(spec.mode, spec.grpo)
+        if not Path(model).is_dir():
+            gpu.resolve_model(model)
     except gpu.GpuEnvError as err:
         raise TrainError(str(err)) from None
 
@@ -591,7 +594,7 @@ def train(
 ) -> TrainResult:
     """Train one run to `grpo.max_steps`, resuming from OUT/trainer's newest checkpoint if any."""
     out_dir = Path(out_dir)
-    check_environment(spec)
+    check_environment(spec, model)
     trainer_dir = out_dir / TRAINER_DIR
     grpo_args = build_grpo_args(spec, out_dir, seed)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -615,7 +618,10 @@ def train(
     from transformers import AutoTokenizer, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    config = GRPOConfig(**grpo_args)
+    try:
+        config = GRPOConfig(**grpo_args)
+    except (TypeError, ValueError) as err:  # TRL validates its own options
+        raise TrainError(f"runs.{spec.name}.grpo: TRL's GRPOConfig refused it: {err}") from None
     set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left", truncation_side="left")
     dataset = load_train_dataset(data_dir, tokenizer)
