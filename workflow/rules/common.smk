@@ -2,12 +2,14 @@
 import json
 import os
 import re
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from aha.config import ConfigError, check, run_view, schema_error, steps
+from aha.launch import default_gpus, train_command
 from aha.report import report_files
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
@@ -23,13 +25,13 @@ except ConfigError as err:
 # first on PATH, so `python` is it even when the venv is not activated.
 shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 DATA = "results/data"
+# Threads of the heavy CPU rules; Snakemake scales them down to --cores, profiles set them.
+MAX_THREADS = 8
 TINY = "results/models/tiny"
 RUNS = list(config["runs"])
-
-
-wildcard_constraints:
-    run="|".join(re.escape(r) for r in RUNS),
-    step=r"\d+",
+# Wildcard constraints for {run}/{step} (a global `wildcard_constraints` directive here
+# would make this a file of rules and functions, which `snakemake --lint` flags).
+RUN_STEP = {"run": "|".join(re.escape(r) for r in RUNS), "step": r"\d+"}
 
 
 def model_path(run):
@@ -64,10 +66,24 @@ def score_files():
 
 
 def final_targets():
-    """Everything `rule all` builds: the summary and every report figure and table."""
+    """The default target: the summary and every report figure and table."""
     return ["results/summary.tsv", *report_files(RUNS)]
 
 
 def as_json(obj):
     """A config section as one shell-quotable JSON argument."""
     return json.dumps(obj, sort_keys=True)
+
+
+def launch_command(wildcards, resources):
+    """The mode-specific training command (see aha.launch.train_command)."""
+    spec = run_view(config, wildcards.run)
+    cmd = train_command(
+        spec,
+        int(resources.gpu),
+        "python",
+        [],
+        model=model_path(wildcards.run),
+        server_log=f"logs/train_grpo/{wildcards.run}.vllm-server.log",
+    )
+    return shlex.join(cmd)

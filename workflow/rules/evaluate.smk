@@ -3,6 +3,8 @@
 
 
 rule sample:
+    wildcard_constraints:
+        **RUN_STEP,
     input:
         eval=f"{DATA}/eval.parquet",
         model=sample_input,
@@ -12,7 +14,7 @@ rule sample:
         model=lambda wc: sample_model(wc.run, int(wc.step)),
         sampling=lambda wc: as_json(config["sampling"]),
         backend=lambda wc: "hf" if run_view(config, wc.run)["mode"] == "cpu" else "auto",
-    threads: workflow.cores
+    threads: MAX_THREADS
     log:
         "logs/sample/{run}-{step}.log",
     benchmark:
@@ -26,6 +28,8 @@ rule sample:
 
 
 rule score:
+    wildcard_constraints:
+        **RUN_STEP,
     input:
         "results/runs/{run}/samples/step-{step}.jsonl",
     output:

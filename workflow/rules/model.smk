@@ -10,7 +10,7 @@ rule build_tiny_model:
     params:
         tiny=lambda wc: as_json(config["model"]["tiny"]),
         seed=config["seed"],
-    threads: workflow.cores
+    threads: MAX_THREADS
     log:
         "logs/build_tiny_model/build_tiny_model.log",
     benchmark:

@@ -5,26 +5,9 @@
 # The command depends on the mode (aha.launch.train_command): cpu/qlora run `python -m aha
 # train`; zero3 runs it under `accelerate launch` (DeepSpeed ZeRO-3), on all GPUs with vLLM
 # colocated, or on all but the last with `trl vllm-serve` started there and always stopped.
-import shlex
-
-from aha.launch import default_gpus, train_command
-
-
-def launch_command(wildcards, resources):
-    spec = run_view(config, wildcards.run)
-    cmd = train_command(
-        spec,
-        int(resources.gpu),
-        "python",
-        [],
-        model=model_path(wildcards.run),
-        server_log=f"logs/train_grpo/{wildcards.run}.vllm-server.log",
-    )
-    return shlex.join(cmd)
-
-
-
 rule train_grpo:
+    wildcard_constraints:
+        **RUN_STEP,
     input:
         train=f"{DATA}/train.parquet",
         model=model_input,
@@ -34,11 +17,11 @@ rule train_grpo:
     params:
         spec=lambda wc: as_json(run_view(config, wc.run)),
         model=lambda wc: model_path(wc.run),
-        data_dir=DATA,
+        data_dir=lambda wc, input: os.path.dirname(input.train),
         out_dir=lambda wc: f"results/runs/{wc.run}",
         seed=config["seed"],
         launch=launch_command,
-    threads: workflow.cores
+    threads: MAX_THREADS
     resources:
         gpu=lambda wc: default_gpus(run_view(config, wc.run)),
     log:
