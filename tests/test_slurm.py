@@ -33,6 +33,7 @@ PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
 PREEMPT = ROOT / "tests" / "slurm" / "preempt"
 PARTITION = "aha-test"
 GPU_TYPE = "testgpu"
+GPU_RULES = ("train_grpo", "sample")  # on stand-in GPUs here
 CPUS = os.cpu_count() or 1
 LOCAL_CORES = 2  # the tiny_dag fixture's --cores: jobs here get the same threads where they fit
 THREADS = min(LOCAL_CORES, CPUS)
@@ -96,11 +97,11 @@ def test_profile(dest: Path, **train_grpo: Any) -> Path:
     defaults.pop("slurm_account")
     defaults.update(slurm_partition=PARTITION, mem_mb=500)
     for rule, resources in profile["set-resources"].items():
-        resources.update(slurm_partition=PARTITION, mem_mb=500)
-        if "gpu" in resources:
-            resources.update(
-                gpu=min(resources["gpu"], FAKE_GPUS), gpu_model=GPU_TYPE, cpus_per_gpu=1
-            )
+        resources["slurm_partition"] = PARTITION
+        resources["mem_mb_per_cpu" if "mem_mb_per_cpu" in resources else "mem_mb"] = 500
+        if rule in GPU_RULES:  # train_grpo's GPUs come from the rule: none in cpu mode
+            gpus = min(resources.get("gpu", FAKE_GPUS), FAKE_GPUS)
+            resources.update(gpu=gpus, gpu_model=GPU_TYPE, cpus_per_gpu=1)
         if rule == "train_grpo":
             resources.update(train_grpo)
     dest.mkdir(parents=True, exist_ok=True)
@@ -163,14 +164,9 @@ def test_dag_runs_through_sbatch_and_matches_local_run(
     ran = Counter(jobs[j]["Comment"].split("_wildcards_")[0].removeprefix("rule_") for j in logs)
     assert ran == stats
     assert {jobs[j]["JobState"] for j in logs} == {"COMPLETED"}
-    gpu_rules = {
-        r
-        for r, res in yaml.safe_load(PROFILE.read_text())["set-resources"].items()
-        if res.get("gpu")
-    }
     for j in logs:
         rule = jobs[j]["Comment"].split("_wildcards_")[0].removeprefix("rule_")
-        if rule in gpu_rules:
+        if rule in GPU_RULES:
             assert jobs[j]["TresPerJob"].startswith(f"gres:gpu:{GPU_TYPE}:"), jobs[j]
 
     # Same outputs as the local run of the same config.
