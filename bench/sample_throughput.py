@@ -6,7 +6,8 @@
 
 Samples `--prompts` eval prompts x the config's k with its temperature/top_p/max_new_tokens,
 exactly as `python -m aha sample --backend hf` does (the model loaded once), and prints
-completions/s, generated tokens/s and the truncated share for each batch size.
+completions/s, generated tokens/s, the truncated share and process CPU seconds (all threads; less
+sensitive to other jobs on a shared machine than wall time) for each batch size.
 """
 
 from __future__ import annotations
@@ -48,18 +49,20 @@ def main() -> None:
         f"torch threads {torch.get_num_threads()}"
     )
     print(
-        f"{'batch':>6} {'seconds':>8} {'compl/s':>8} {'tokens/s':>9} {'mean tok':>9} {'trunc':>6}"
+        f"{'batch':>6} {'seconds':>8} {'compl/s':>8} {'tokens/s':>9} {'mean tok':>9} "
+        f"{'trunc':>6} {'cpu s':>7} {'compl/cpu-s':>11}"
     )
     for batch_size in (int(b) for b in args.batch_sizes.split(",")):
         run_cfg = replace(cfg, batch_size=batch_size)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         completions = sample.generate_hf(model, tokenizer, texts, run_cfg, progress=False)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         tokens = sum(c.num_tokens for c in completions)
         truncated = sum(c.truncated for c in completions) / len(completions)
         print(
             f"{batch_size:>6} {seconds:>8.2f} {len(completions) / seconds:>8.1f} "
-            f"{tokens / seconds:>9.0f} {tokens / len(completions):>9.1f} {truncated:>6.1%}"
+            f"{tokens / seconds:>9.0f} {tokens / len(completions):>9.1f} {truncated:>6.1%} "
+            f"{cpu:>7.2f} {len(completions) / cpu:>11.1f}"
         )
 
 

@@ -46,11 +46,12 @@ def instrument(timers: dict[str, float]) -> None:
 
         @functools.wraps(original)
         def timed(self, *args, _original=original, _phase=phase, **kwargs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return _original(self, *args, **kwargs)
             finally:
                 timers[_phase] += time.perf_counter() - t0
+                timers[_phase + "_cpu"] += time.process_time() - c0
 
         setattr(GRPOTrainer, name, timed)
 
@@ -86,7 +87,7 @@ def main() -> None:
     class StepTimer(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
             timers.clear()
-            self.t0 = time.perf_counter()
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             total = time.perf_counter() - self.t0
@@ -99,6 +100,8 @@ def main() -> None:
                     "generate": gen,
                     "score": score,
                     "optimise": total - gen - score,
+                    "cpu": time.process_time() - self.c0,
+                    "generate_cpu": timers["generate_cpu"],
                 }
             )
 
@@ -114,20 +117,26 @@ def main() -> None:
         f"({g.get('num_generations')} per prompt), max_completion_length "
         f"{g.get('max_completion_length')}, torch threads {torch.get_num_threads()}"
     )
-    print(f"{'step':>5} {'total s':>8} {'generate':>9} {'score':>7} {'optimise':>9}")
+    print("wall seconds per phase; cpu: process CPU seconds (all threads), less sensitive to load")
+    print(
+        f"{'step':>5} {'total s':>8} {'generate':>9} {'score':>7} {'optimise':>9} "
+        f"{'cpu s':>7} {'gen cpu':>8}"
+    )
     for r in rows:
         print(
             f"{r['step']:>5} {r['total']:>8.3f} {r['generate']:>9.3f} {r['score']:>7.3f} "
-            f"{r['optimise']:>9.3f}"
+            f"{r['optimise']:>9.3f} {r['cpu']:>7.3f} {r['generate_cpu']:>8.3f}"
         )
     steady = rows[1:] or rows
     for name, agg in (("mean", statistics.fmean), ("median", statistics.median)):
-        vals = {k: agg(r[k] for r in steady) for k in ("total", "generate", "score", "optimise")}
+        keys = ("total", "generate", "score", "optimise", "cpu", "generate_cpu")
+        vals = {k: agg(r[k] for r in steady) for k in keys}
         share = vals["generate"] / vals["total"]
         print(
             f"{name:>6} (steps 2..{rows[-1]['step']}): {vals['total']:.3f} s/step = generate "
             f"{vals['generate']:.3f} ({share:.0%}) + score {vals['score']:.3f} + optimise "
-            f"{vals['optimise']:.3f}"
+            f"{vals['optimise']:.3f}; cpu {vals['cpu']:.3f} s/step, generate "
+            f"{vals['generate_cpu']:.3f}"
         )
     if lengths:
         print(f"mean completion length {statistics.fmean(lengths):.1f} tokens")
