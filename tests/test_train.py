@@ -295,7 +295,8 @@ def test_partial_checkpoints_are_not_resumed(tmp_path: Path) -> None:
 def test_export_weights_skips_trainer_state(tmp_path: Path) -> None:
     ckpt = tmp_path / "trainer" / "checkpoint-3"
     (ckpt / "global_step3").mkdir(parents=True)
-    for name in ("model.safetensors", "config.json", "optimizer.pt", "rng_state.pth", "latest"):
+    names = ("model.safetensors", "config.json", "optimizer.pt", "rng_state.pth", "latest")
+    for name in (*names, "training_args.bin"):
         (ckpt / name).write_text(name)
     (ckpt / train.STATE_FILE).write_text('{"train_seconds": 1.5}')
     dest = train.export_weights(ckpt, tmp_path / "weights" / "step-3")
@@ -305,6 +306,9 @@ def test_export_weights_skips_trainer_state(tmp_path: Path) -> None:
         "model.safetensors",
     ]
     assert json.loads((dest / train.STATE_FILE).read_text()) == {"step": 3, "train_seconds": 1.5}
+    (ckpt / "model.safetensors").unlink()  # ZeRO-3 without 16-bit consolidation
+    with pytest.raises(TrainError, match="zero3_save_16bit_model"):
+        train.export_weights(ckpt, tmp_path / "weights" / "step-3b")
 
 
 # ----------------------------------------------------------------------------- real CPU runs
@@ -373,7 +377,8 @@ def test_resume_continues_without_redoing_steps(
     tmp_path: Path, tiny_model: Path, data_dir: Path
 ) -> None:
     out = tmp_path / "run"
-    first = train.train(run_spec(max_steps=2, checkpoints=(2,)), data_dir, str(tiny_model), out)
+    spec2 = run_spec(max_steps=2, checkpoints=(2,))
+    first = train.train(spec2, data_dir, str(tiny_model), out, sample_rate=1.0)
     assert first.global_step == 2
     step2 = out / "weights" / "step-2"
     mtime = step2.stat().st_mtime_ns
@@ -382,7 +387,7 @@ def test_resume_continues_without_redoing_steps(
     for manifest in (out / "checkpoints").iterdir():
         manifest.unlink()
 
-    second = train.train(run_spec(), data_dir, str(tiny_model), out)
+    second = train.train(run_spec(), data_dir, str(tiny_model), out, sample_rate=1.0)
     assert second.resumed_from == str(out / "trainer" / "checkpoint-2")
     assert second.global_step == 4
     state = json.loads((out / "trainer" / "checkpoint-4" / "trainer_state.json").read_text())
@@ -391,6 +396,11 @@ def test_resume_continues_without_redoing_steps(
     log = read_jsonl(out / "train_log.jsonl")
     assert [row["step"] for row in log if "reward" in row] == [1, 2, 3, 4]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2.json", "step-4.json"]
+    # rng state and data position restored: the same completions as an uninterrupted run
+    straight = tmp_path / "straight"
+    train.train(run_spec(), data_dir, str(tiny_model), straight, sample_rate=1.0)
+    samples = Path(train.SAMPLES_DIR, train.SAMPLES_FILE)
+    assert (out / samples).read_text() == (straight / samples).read_text()
 
     # a finished run asked again only rewrites its declared outputs
     for manifest in (out / "checkpoints").iterdir():

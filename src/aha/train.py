@@ -400,6 +400,12 @@ def export_weights(checkpoint: Path, dest: Path) -> Path:
 
     Copied into a temporary sibling and renamed, so `dest` is either absent or complete.
     """
+    files = [p for p in checkpoint.iterdir() if p.is_file() and p.name not in _STATE_FILES]
+    if not any(p.suffix in (".safetensors", ".bin") for p in files):
+        raise TrainError(
+            f"{checkpoint}: no model weights (only sharded DeepSpeed state?); set "
+            "zero3_save_16bit_model: true in the accelerate config so checkpoints are loadable"
+        )
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
