@@ -58,6 +58,8 @@ def run_view(config: dict[str, Any], run: str) -> dict[str, Any]:
     spec = config["runs"][run]
     model = copy.deepcopy(config.get("model", {}))
     model.update(spec.get("model") or {})
+    if model.get("source") != "tiny":
+        model.pop("tiny", None)  # the tiny model's recipe means nothing to a Hub model's run
     return {
         "name": run,
         "mode": spec.get("mode"),

@@ -59,6 +59,9 @@ def default_gpus(run_spec: dict[str, Any]) -> int:
     return DEFAULT_GPUS[run_spec["mode"]]
 
 
+ELASTIC_SHUTDOWN_TIMEOUT_S = 240
+
+
 def server_port(run_spec: dict[str, Any]) -> int:
     return int((run_spec.get("grpo") or {}).get("vllm_server_port", DEFAULT_PORT))
 
@@ -96,6 +99,11 @@ def train_command(
         need = "2 GPUs (one trains, the last serves vLLM)" if server else "1 GPU"
         raise LaunchError(f"runs.{name}: mode zero3 needs at least {need} (resources gpu={gpus})")
     launch = [
+        # torchrun kills its workers 30 s after forwarding SIGTERM (SLURM's time-limit signal):
+        # too short for a ZeRO-3 checkpoint save. Measured under the SLURM profile: 240 s lets
+        # every rank finish its save before the job ends.
+        "env",
+        f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={ELASTIC_SHUTDOWN_TIMEOUT_S}",
         python,
         "-m",
         "accelerate.commands.launch",  # = `accelerate launch`, from this interpreter

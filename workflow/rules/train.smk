@@ -32,6 +32,6 @@ rule train_grpo:
         "../envs/aha.yaml"
     shell:
         "python -m aha check-gpu --run-spec {params.spec:q} --model {params.model} > {log} 2>&1 && "
-        "OMP_NUM_THREADS={threads} {params.launch} --run-spec {params.spec:q} "
+        "OMP_NUM_THREADS={threads} exec {params.launch} --run-spec {params.spec:q} "
         "--data-dir {params.data_dir} --model {params.model} --out-dir {params.out_dir} "
         "--seed {params.seed} >> {log} 2>&1"
