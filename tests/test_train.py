@@ -475,3 +475,22 @@ def test_cli_sigterm_saves_checkpoint_and_exits_nonzero(
     assert len(checkpoints) == 1 and train.is_complete(checkpoints[0])
     assert 1 <= train.checkpoint_step(checkpoints[0]) < 200
     assert not (out / "checkpoints").exists()
+
+
+def test_stop_request_treats_a_quick_repeat_as_the_same_request(monkeypatch) -> None:
+    """SLURM + torchrun deliver SIGTERM twice within a fraction of a second: one request."""
+    from aha.train import StopRequest
+
+    killed: list[int] = []
+    monkeypatch.setattr("aha.train.os.kill", lambda pid, sig: killed.append(sig))
+    stop = StopRequest(debounce_s=5.0)
+    stop.install()
+    try:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # the duplicate
+        assert stop.signum == signal.SIGTERM and killed == []
+        stop._first_at -= 10  # a later, deliberate second signal means "die now"
+        signal.raise_signal(signal.SIGTERM)
+        assert killed == [signal.SIGTERM]
+    finally:
+        stop.uninstall()

@@ -492,12 +492,19 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class StopRequest:
-    """SIGTERM/SIGINT -> a flag the step callback turns into "save and stop"; twice -> die now."""
+    """SIGTERM/SIGINT -> a flag the step callback turns into "save and stop"; again -> die now.
+
+    A repeat within `debounce_s` counts as the same request: under SLURM each torchrun worker
+    gets SIGTERM from both the job step and its launcher within a fraction of a second, and
+    dying on the second copy would lose the checkpoint the first one asked for.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, debounce_s: float = 5.0) -> None:
         self.signum: int | None = None
+        self.debounce_s = debounce_s
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -510,11 +517,14 @@ class StopRequest:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # second signal: stop waiting for the step to finish
-            signal.signal(signum, signal.SIG_DFL)
+        if self.signum is not None:
+            if time.monotonic() - self._first_at < self.debounce_s:
+                return  # the same stop request delivered twice (launcher + job step)
+            signal.signal(signum, signal.SIG_DFL)  # a later one: stop waiting for the step
             os.kill(os.getpid(), signum)
             return
         self.signum = signum
+        self._first_at = time.monotonic()
         log.warning(
             "%s received: saving a checkpoint at the end of this step, then stopping",
             signal.Signals(signum).name,
