@@ -1,0 +1,50 @@
+"""environment.yml (the conda GPU env) and pyproject.toml pin the same versions."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+
+import yaml
+
+from tests.conftest import ROOT
+
+PIN = re.compile(r"^([A-Za-z0-9_.\-\[\]]+)==([^\s;#]+)")
+
+
+def pins(lines: list[str]) -> dict[str, str]:
+    out = {}
+    for line in lines:
+        match = PIN.match(line.strip())
+        if match:
+            out[match.group(1).lower().replace("_", "-")] = match.group(2)
+    return out
+
+
+def pyproject_pins() -> dict[str, str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return pins(project["dependencies"] + project["optional-dependencies"]["gpu"])
+
+
+def conda_pip_pins() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    return pins(pip)
+
+
+def test_every_pin_agrees() -> None:
+    project, conda = pyproject_pins(), conda_pip_pins()
+    assert project, "no pins found in pyproject.toml"
+    assert project == conda
+
+
+def test_gpu_packages_are_only_in_the_gpu_extra() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    base = pins(project["dependencies"])
+    assert not {"vllm", "deepspeed", "bitsandbytes", "flash-attn"} & set(base)
+    assert base["torch"] == "2.13.0"  # the CPU build on this disk; never a newer CUDA build
+
+
+def test_rules_use_the_same_environment() -> None:
+    rules_env = ROOT / "workflow" / "envs" / "aha.yaml"
+    assert rules_env.resolve() == (ROOT / "environment.yml").resolve()
