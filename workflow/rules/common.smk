@@ -27,6 +27,12 @@ shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}
 DATA = "results/data"
 # Threads of the heavy CPU rules; Snakemake scales them down to --cores, profiles set them.
 MAX_THREADS = 8
+
+
+def run_threads(wildcards):
+    """One torch thread for the tiny CPU model (its matmuls are too small to split; two sample
+    jobs then run side by side), all allowed threads for GPU runs (data loading, tokenizing)."""
+    return 1 if run_view(config, wildcards.run)["mode"] == "cpu" else MAX_THREADS
 TINY = "results/models/tiny"
 RUNS = list(config["runs"])
 # Wildcard constraints for {run}/{step} (a global `wildcard_constraints` directive here

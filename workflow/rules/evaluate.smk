@@ -14,7 +14,7 @@ rule sample:
         model=lambda wc: sample_model(wc.run, int(wc.step)),
         sampling=lambda wc: as_json(config["sampling"]),
         backend=lambda wc: "hf" if run_view(config, wc.run)["mode"] == "cpu" else "auto",
-    threads: MAX_THREADS
+    threads: run_threads
     log:
         "logs/sample/{run}-{step}.log",
     benchmark:
