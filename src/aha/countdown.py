@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import logging
 import math
 import random
@@ -30,6 +29,8 @@ from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+
+from aha import jsonl
 
 log = logging.getLogger("aha.countdown")
 
@@ -784,21 +785,15 @@ def load_path(path: str | Path) -> list[Task]:
     elif suffix in {".jsonl", ".json"}:
         rows = {"nums": [], "target": []}
         columns = {"nums", "target"}
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataSourceError(f"{path}:{lineno}: not JSON ({err})") from None
-                if not isinstance(record, dict):
-                    raise DataSourceError(f"{path}:{lineno}: not a JSON object")
+        try:
+            for _, record in jsonl.records(path):
                 columns &= set(record)
                 if columns != {"nums", "target"}:
                     break
                 rows["nums"].append(record["nums"])
                 rows["target"].append(record["target"])
+        except ValueError as err:
+            raise DataSourceError(str(err)) from None
     else:
         raise DataSourceError(f"dataset.path: {path}: expected a .parquet or .jsonl file")
     missing = {"nums", "target"} - columns

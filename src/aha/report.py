@@ -567,24 +567,24 @@ def save(fig: Figure, path: Path) -> None:
     plt.close(fig)
 
 
-def cli_plots(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Seaborn SVG figures of the report (missing inputs become notes)."
-    )
+def _add_input_arguments(parser: argparse.ArgumentParser, runs_dir_help: str) -> None:
+    """The inputs both report stages read: summary, runs and their steps, report options."""
     parser.add_argument("--summary", type=Path, required=True, help="results/summary.tsv")
-    parser.add_argument("--by-pattern", type=Path, help="results/summary_by_pattern.tsv (optional)")
     parser.add_argument(
         "--runs",
         required=True,
         help='JSON {run: {"steps": [0, ...], "model": {"source", "name_or_path"}}}',
     )
-    parser.add_argument(
-        "--runs-dir",
-        type=Path,
-        default=Path("results/runs"),
-        help="where RUN/train_log.jsonl lies (read when present)",
-    )
+    parser.add_argument("--runs-dir", type=Path, default=Path("results/runs"), help=runs_dir_help)
     parser.add_argument("--report", default="{}", help="the report config section as JSON")
+
+
+def cli_plots(argv: list[str], prog: str) -> None:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Seaborn SVG figures of the report (missing inputs become notes)."
+    )
+    _add_input_arguments(parser, runs_dir_help="where RUN/train_log.jsonl lies (read when present)")
+    parser.add_argument("--by-pattern", type=Path, help="results/summary_by_pattern.tsv (optional)")
     parser.add_argument("--out-dir", type=Path, required=True, help="folder for the SVG files")
     args = parser.parse_args(argv)
     import pandas as pd
@@ -877,19 +877,9 @@ def cli_tables(argv: list[str], prog: str) -> None:
     parser = argparse.ArgumentParser(
         prog=prog, description="HTML tables of the report: summary and example completions."
     )
-    parser.add_argument("--summary", type=Path, required=True, help="results/summary.tsv")
-    parser.add_argument(
-        "--runs",
-        required=True,
-        help='JSON {run: {"steps": [0, ...], "model": {"source", "name_or_path"}}}',
+    _add_input_arguments(
+        parser, runs_dir_help="where RUN/samples/step-STEP.jsonl lie (read when present)"
     )
-    parser.add_argument(
-        "--runs-dir",
-        type=Path,
-        default=Path("results/runs"),
-        help="where RUN/samples/step-STEP.jsonl lie (read when present)",
-    )
-    parser.add_argument("--report", default="{}", help="the report config section as JSON")
     parser.add_argument(
         "--workflow-dir", type=Path, help="workflow checkout whose git revision is reported"
     )

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import behaviours, metrics
+from aha import behaviours, jsonl, metrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -67,18 +67,11 @@ _SAMPLES_PATH = re.compile(r"runs/(?P<run>[^/]+)/samples/step-(?P<step>\d+)\.jso
 def read_samples(path: Path) -> list[dict[str, Any]]:
     """One dict per non-blank line; a line missing a required key names its line number."""
     samples = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not JSON: {err}") from None
-            missing = [k for k in REQUIRED_KEYS if k not in record]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing keys {', '.join(missing)}")
-            samples.append(record)
+    for lineno, record in jsonl.records(path):
+        missing = [k for k in REQUIRED_KEYS if k not in record]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: missing keys {', '.join(missing)}")
+        samples.append(record)
     return samples
 
 
