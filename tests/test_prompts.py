@@ -54,7 +54,9 @@ def test_render_continues_the_prefilled_turn(tokenizer: PreTrainedTokenizerFast)
     assert not text.endswith("<|im_end|>\n") and "assistant\n<|im_start|>" not in text
 
 
-def test_a_template_that_does_not_keep_the_prefill_is_refused(tokenizer: PreTrainedTokenizerFast) -> None:
+def test_a_template_that_does_not_keep_the_prefill_is_refused(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
     closing = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend_tokenizer)
     closing.chat_template = "{% for m in messages %}{{ m['content'] | upper }}<END>{% endfor %}"
     with pytest.raises(ValueError, match="continue_final_message"):
