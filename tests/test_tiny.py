@@ -218,6 +218,16 @@ def test_spec_refuses_unknown_keys():
     assert spec.warm_start.learning_rate == tiny.WarmStart().learning_rate
 
 
+def test_split_tasks_holds_out_at_most_a_fifth_and_never_overlaps():
+    tasks = pd.DataFrame({"nums": [[i, 1, 2] for i in range(50)], "target": list(range(50))})
+    traced, held = tiny.split_tasks(tasks, 200, seed=1)
+    assert len(held) == 10 and len(traced) == 40
+    assert not set(held["target"]) & set(traced["target"])
+    assert tiny.split_tasks(tasks, 200, seed=1)[1].equals(held)  # seeded
+    with pytest.raises(ValueError, match="at least 5"):
+        tiny.split_tasks(tasks.head(4), 1, seed=1)
+
+
 def test_cli_help_documents_every_argument(capsys):
     with pytest.raises(SystemExit):
         tiny.cli(["--help"], prog="python -m aha build-tiny")

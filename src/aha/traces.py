@@ -2,19 +2,20 @@
 
 A trace is the completion that follows the prompt's `<think>`. It restates the numbers, tries
 0–N wrong candidates, then either reaches the target or, `give_up_rate` of the time, gives up on
-its last wrong candidate, and closes with `</think>\\n<answer> EXPR </answer>`:
+its last wrong candidate, and closes with `</think>\n<answer> EXPR </answer>`:
 
-    Numbers 12, 7, 3; target 27.
-    12 + 7 = 19, 19 + 3 = 22, not 27; try again.
-    12 - 3 = 9, 9 * 3 = ...
+    Numbers 4, 1, 9; target 14.
+    9 * 4 = 36, 36 + 1 = 37, not 14; try again.
+    9 + 4 = 13, 13 + 1 = 14, yes.
 
 Each candidate is written as the steps a person computes, one operation on two numbers at a time
-("12 + 7 = 19, 19 + 3 = 22"), not as a whole expression with its value: one small operation per
-step is what a 2M-parameter model can learn, and the step that meets the remaining number sees
-the intermediate value beside the target, so choosing it is a local decision. Every stated value
-is exact, so the warm model learns a real check ("not 27" / "yes"); giving up makes it solve some
-tasks but far from all, which leaves GRPO something to sharpen. The answer puts parentheses
-around every intermediate result, so it is copied from the steps without precedence rules.
+("9 * 4 = 36, 36 + 1 = 37"), not as a whole expression with its value: one small operation per
+step is what a 2M-parameter model can learn (it does, abruptly, after ≈ 600-900 warm-start
+steps: docs/tiny-model.md). Every value a trace states is exact and its verdict true; the warm
+model imitates the check only in part (most of its "yes" lines follow wrong arithmetic). Giving
+up makes it solve some tasks but far from all, which leaves GRPO something to sharpen. The
+answer puts parentheses around every intermediate result, so it is copied from the steps
+without precedence rules.
 
 Pure Python (no torch): the traces are also what the tests score.
 """
