@@ -205,6 +205,25 @@ def test_make_trace_is_deterministic_and_never_claims_an_unreachable_target():
     assert ", yes." not in t.completion
 
 
+def test_max_value_caps_every_stated_step_where_the_task_allows():
+    step = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
+    rng = random.Random(3)
+    capped = uncapped = 0
+    while capped + uncapped < 150:
+        nums, target = [rng.randint(1, 10) for _ in range(3)], rng.randint(1, 40)
+        if not countdown.is_solvable(nums, target):
+            continue
+        t = traces.make_trace(nums, target, rng, give_up_rate=0.5, max_value=40)
+        values = [int(r) for a, op, b, r in step.findall(t.completion)]
+        capped += max(values) <= 40
+        uncapped += max(values) > 40
+    # Only a task whose every solution passes 40 on the way (9 * 8 / 2 = 36) may state more.
+    assert capped > 100 and uncapped < capped / 10
+    # 10, 10, 10 -> 1000: no candidate stays under 5, yet the trace still shows one and gives up.
+    t = traces.make_trace([10, 10, 10], 999, random.Random(0), give_up_rate=1.0, max_value=5)
+    assert not t.correct and t.wrong_candidates >= 1
+
+
 # ----------------------------------------------------------------------------- spec + build
 
 

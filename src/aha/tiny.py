@@ -80,6 +80,7 @@ class WarmStart:
     batch_size: int = 32
     give_up_rate: float = 0.7
     max_wrong_candidates: int = 2
+    max_value: int | None = None
     eval_tasks: int = EVAL_TASKS
 
 
@@ -377,6 +378,7 @@ def make_traces(tasks: pd.DataFrame, ws: WarmStart, seed: int) -> list[traces.Tr
                 rng,
                 give_up_rate=ws.give_up_rate,
                 max_wrong=ws.max_wrong_candidates,
+                max_value=ws.max_value,
             )
         )
     return out

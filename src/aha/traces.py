@@ -68,13 +68,15 @@ def value(expr: Expr) -> Fraction | None:
     return None if b == 0 else a / b
 
 
-def integral(expr: Expr) -> bool:
-    """True when every step's result is a non-negative integer (the Countdown rule)."""
+def integral(expr: Expr, max_value: int | None = None) -> bool:
+    """True when every step's result is a non-negative integer (the Countdown rule), and at most
+    `max_value` when given."""
     if isinstance(expr, int):
         return expr >= 0
     v = value(expr)
     ok = v is not None and v.denominator == 1 and v >= 0
-    return ok and integral(expr[1]) and integral(expr[2])
+    ok = ok and (max_value is None or v <= max_value)
+    return ok and integral(expr[1], max_value) and integral(expr[2], max_value)
 
 
 def leaves(expr: Expr) -> list[int]:
@@ -192,14 +194,17 @@ def random_expr(nums: Sequence[int], rng: random.Random) -> Expr:
     return items[0]
 
 
-def wrong_candidates(nums: Sequence[int], target: int, n: int, rng: random.Random) -> list[Expr]:
-    """Up to `n` distinct whole-number candidates that miss the target."""
+def wrong_candidates(
+    nums: Sequence[int], target: int, n: int, rng: random.Random, max_value: int | None = None
+) -> list[Expr]:
+    """Up to `n` distinct whole-number candidates that miss the target, every step at most
+    `max_value` when given."""
     found: dict[str, Expr] = {}
     for _ in range(MAX_TRIES):
         if len(found) >= n:
             break
         expr = canonical(random_expr(nums, rng))
-        if integral(expr) and value(expr) != target:
+        if integral(expr, max_value) and value(expr) != target:
             found.setdefault(answer_text(expr), expr)
     return list(found.values())
 
@@ -220,6 +225,7 @@ def make_trace(
     rng: random.Random,
     give_up_rate: float = 0.7,
     max_wrong: int = 2,
+    max_value: int | None = None,
 ) -> Trace:
     """One trace; `rng` decides the candidates and whether it gives up.
 
@@ -228,9 +234,13 @@ def make_trace(
     """
     nums, target = [int(n) for n in nums], int(target)
     good = solutions(nums, target)
+    if max_value is not None:
+        good = [e for e in good if integral(e, max_value)] or good
     give_up = not good or (max_wrong > 0 and rng.random() < give_up_rate)
     n_wrong = rng.randint(1 if give_up else 0, max(1, max_wrong) if give_up else max_wrong)
-    tried = wrong_candidates(nums, target, n_wrong, rng)
+    tried = wrong_candidates(nums, target, n_wrong, rng, max_value)
+    if give_up and not tried and max_value is not None:  # every miss is large: state one anyway
+        tried = wrong_candidates(nums, target, n_wrong, rng)
     if give_up and not tried:
         raise ValueError(f"{nums} -> {target}: no solution and no wrong candidate to give up on")
     lines = [f"\nNumbers {', '.join(map(str, nums))}; target {target}."]
