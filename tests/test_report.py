@@ -343,6 +343,27 @@ def test_seed_reference_follows_config_and_model(tmp_path: Path) -> None:
     assert "KL not logged" in svg_text(tmp_path / "nokl" / "plots" / "training.svg")
 
 
+def test_share_axis_fits_small_rates_and_keeps_seed_stars_in_view() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 450], [0.03, 0.08])
+    ax.fill_between([0, 450], [0.02, 0.06], [0.04, 0.10])
+    report.fit_share_axis(ax)
+    low, top = ax.get_ylim()
+    assert 0.10 < top < 0.13 and low <= 0.0  # 3% and 8% are a third and two thirds up
+    ax.scatter([100, 450], [0.25, 0.50])  # seed reference stars
+    report.fit_share_axis(ax)
+    assert 0.50 < ax.get_ylim()[1] < 0.6
+    ax.plot([0, 450], [0.99, 1.0])  # a format rate: never past 100% (+ a margin)
+    report.fit_share_axis(ax)
+    assert ax.get_ylim()[1] == pytest.approx(1.02)
+    plt.close(fig)
+
+
 def test_environment_page_lists_versions(sweep: tuple[Path, dict]) -> None:
     from importlib import metadata
 

@@ -346,6 +346,16 @@ def _metric_panel(
     return True
 
 
+def fit_share_axis(ax: Axes) -> None:
+    """A share axis from 0 to a little above what is drawn (at most 100%): 3% and 8% must look
+    different. Called after everything on the panel is drawn, seed stars included."""
+    lines = [y for line in ax.get_lines() for y in map(float, line.get_ydata()) if y == y]
+    shapes = [float(y) for c in ax.collections for y in c.get_datalim(ax.transData).intervaly]
+    top = max([0.0, *lines, *(y for y in shapes if abs(y) != float("inf"))])
+    top = min(1.0, max(0.05, top * 1.15))
+    ax.set_ylim(-0.02 * top, top + 0.02 * top)
+
+
 def _percent() -> Any:
     from matplotlib.ticker import PercentFormatter
 
@@ -395,6 +405,8 @@ def plot_success(
         xs, ys = zip(*SEED_REFERENCE, strict=True)
         ax.scatter(xs, ys, marker="*", s=180, color="black", zorder=5, label=SEED_LABEL)
     drawn_k = _metric_panel(ax_k, summary, "pass_at_k", order, colours, True, ticks)
+    for panel in (ax, ax_k):
+        fit_share_axis(panel)
     ks = sorted({int(k) for k in summary.get("k", []) if k == k}) if drawn_k else []
     k_text = "/".join(map(str, ks)) if ks else "k"
     ax_k.set_title(f"pass@{k_text} (any of {k_text} samples per prompt correct)")

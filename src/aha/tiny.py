@@ -302,8 +302,10 @@ def sample_eval(
     tasks: pd.DataFrame,
     seed: int,
     temperature: float = 1.0,
+    keep_all: bool = False,
 ) -> dict[str, Any]:
-    """Format and success rate of one temperature-1 sample per task, scored by `aha.rewards`."""
+    """Format and success rate of one temperature-1 sample per task, scored by `aha.rewards`,
+    with the first ten completions as examples (all of them with `keep_all`)."""
     torch.manual_seed(seed)
     texts = [prompts.render(tokenizer, list(r.nums), int(r.target)) for r in tasks.itertuples()]
     side = tokenizer.padding_side
@@ -333,7 +335,9 @@ def sample_eval(
         "success_rate": sum(eq) / len(eq),
         "examples": [
             {"nums": n, "target": t, "completion": c, "format": f, "equation": e}
-            for n, t, c, f, e in list(zip(nums, targets, completions, fmt, eq, strict=True))[:10]
+            for n, t, c, f, e in list(zip(nums, targets, completions, fmt, eq, strict=True))[
+                : None if keep_all else 10
+            ]
         ],
     }
 
