@@ -30,9 +30,15 @@ MAX_THREADS = 8
 
 
 def run_threads(wildcards):
-    """One torch thread for the tiny CPU model (its matmuls are too small to split; two sample
-    jobs then run side by side), all allowed threads for GPU runs (data loading, tokenizing)."""
+    """Sampling threads. One for the tiny CPU model (`generate` of its small matmuls does not
+    speed up with more; two sample jobs then run side by side), all allowed for GPU runs."""
     return 1 if run_view(config, wildcards.run)["mode"] == "cpu" else MAX_THREADS
+
+
+def train_threads(wildcards):
+    """Training threads. Two for the tiny CPU model: its optimiser step runs 1.8x faster on two
+    (docs/benchmarks.md), and samples of its checkpoints wait for the whole run anyway."""
+    return 2 if run_view(config, wildcards.run)["mode"] == "cpu" else MAX_THREADS
 TINY = "results/models/tiny"
 RUNS = list(config["runs"])
 # Wildcard constraints for {run}/{step} (a global `wildcard_constraints` directive here

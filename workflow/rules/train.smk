@@ -21,7 +21,7 @@ rule train_grpo:
         out_dir=lambda wc: f"results/runs/{wc.run}",
         seed=config["seed"],
         launch=launch_command,
-    threads: run_threads
+    threads: train_threads
     resources:
         gpu=lambda wc: default_gpus(run_view(config, wc.run)),
     log:
