@@ -10,12 +10,12 @@ its last wrong candidate, and closes with `</think>\n<answer> EXPR </answer>`:
 
 Each candidate is written as the steps a person computes, one operation on two numbers at a time
 ("9 * 4 = 36, 36 + 1 = 37"), not as a whole expression with its value: one small operation per
-step is what a 2M-parameter model can learn (it does, abruptly, after ≈ 600-900 warm-start
-steps: docs/tiny-model.md). Every value a trace states is exact and its verdict true; the warm
-model imitates the check only in part (most of its "yes" lines follow wrong arithmetic). Giving
-up makes it solve some tasks but far from all, which leaves GRPO something to sharpen. The
-answer puts parentheses around every intermediate result, so it is copied from the steps
-without precedence rules.
+step is what a 2M-parameter model can learn (abruptly, after ≈ 600-900 warm-start steps), and
+`max_value` keeps those operations within a small table. Every value a trace states is exact
+and its verdict true; the warm model learns to check ("yes" only on a hit) only after ≈ 1,000
+steps (docs/tiny-model.md). Giving up makes it solve some tasks but far from all, which leaves
+GRPO something to sharpen. The answer puts parentheses around every intermediate result, so it
+is copied from the steps without precedence rules.
 
 Pure Python (no torch): the traces are also what the tests score.
 """
