@@ -17,21 +17,16 @@ import json
 import re
 import sys
 from collections import Counter
-from fractions import Fraction
 from pathlib import Path
+
+from aha.traces import value
 
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
 
-def exact(a: int, op: str, b: int) -> Fraction | None:
-    """The true value of one stated step, None for a division by zero."""
-    if op == "/":
-        return None if b == 0 else Fraction(a, b)
-    return Fraction({"+": a + b, "-": a - b, "*": a * b}[op])
-
-
 def audit(completions: list[str], targets: list[int]) -> dict:
-    """Step accuracy by operator and the verdict-vs-truth table of the candidate lines."""
+    """Step accuracy by operator, the verdict-vs-truth table of the candidate lines (two steps
+    each) and candidate lines per completion."""
     steps: Counter[tuple[str, bool]] = Counter()
     verdicts: Counter[str] = Counter()
     for text, target in zip(completions, targets, strict=True):
@@ -39,15 +34,16 @@ def audit(completions: list[str], targets: list[int]) -> dict:
             found = [(int(a), op, int(b), int(r)) for a, op, b, r in STEP.findall(line)]
             for a, op, b, r in found:
                 size = "large" if max(a, b, r) > 99 else "small"
-                steps[(f"{op} {size}", exact(a, op, b) == r)] += 1
+                steps[(f"{op} {size}", value((op, a, b)) == r)] += 1
             if len(found) == 2:
-                right = all(exact(a, op, b) == r for a, op, b, r in found)
+                right = all(value((op, a, b)) == r for a, op, b, r in found)
                 hit = right and found[-1][3] == target
                 says_yes = line.rstrip().endswith("yes.")
                 verdicts[f"{'hit' if hit else 'miss'}, says {'yes' if says_yes else 'no'}"] += 1
     ops = sorted({k for k, _ in steps})
     total = sum(steps.values())
     return {
+        "candidates_per_completion": sum(verdicts.values()) / len(completions),
         "step_accuracy": sum(n for (_, ok), n in steps.items() if ok) / total if total else 0.0,
         "steps_by_operator": {
             k: f"{steps[(k, True)]}/{steps[(k, True)] + steps[(k, False)]}" for k in ops
@@ -80,9 +76,6 @@ def main() -> None:
     result = tiny.sample_eval(model, tokenizer, tasks, args.seed, keep_all=True)
     completions = [e["completion"] for e in result.pop("examples")]
     targets = [int(t) for t in tasks["target"]]
-    result["candidates_per_completion"] = sum(
-        sum(1 for line in c.split("\n") if len(STEP.findall(line)) == 2) for c in completions
-    ) / len(completions)
     print(json.dumps({"model": args.model, **result, **audit(completions, targets)}, indent=2))
 
 

@@ -39,6 +39,8 @@ def train_threads(wildcards):
     """Training threads. Two for the tiny CPU model: its optimiser step runs 1.8x faster on two
     (docs/benchmarks.md), and samples of its checkpoints wait for the whole run anyway."""
     return 2 if run_view(config, wildcards.run)["mode"] == "cpu" else MAX_THREADS
+
+
 TINY = "results/models/tiny"
 RUNS = list(config["runs"])
 # Wildcard constraints for {run}/{step} (a global `wildcard_constraints` directive here
