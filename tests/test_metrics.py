@@ -8,7 +8,15 @@ from fractions import Fraction
 
 import pytest
 
-from aha.metrics import NO_PATTERN, Z95, pass_at_k, success_by_pattern, summarize, wilson_interval
+from aha.metrics import (
+    NO_PATTERN,
+    Z95,
+    numbers_ok_share,
+    pass_at_k,
+    success_by_pattern,
+    summarize,
+    wilson_interval,
+)
 
 
 def _score_test_bound(successes: int, n: int, upper: bool) -> float:
@@ -132,6 +140,19 @@ def test_summarize_counts_only_full_reward_as_success_and_refuses_duplicates() -
     assert out["success_rate"] == 0.5 and out["format_rate"] == 0.5
     with pytest.raises(ValueError, match="duplicate"):
         summarize([_sample(0, 0, 1.0), _sample(0, 0, 0.0)])
+
+
+def test_numbers_ok_share_reads_the_answer_and_needs_the_task_numbers() -> None:
+    def with_text(idx: int, answer: str) -> dict:
+        text = f"\n9 + 4 = 13, 13 + 1 = 14, yes.\n</think>\n<answer> {answer} </answer>"
+        return _sample(0, idx, 0.0) | {"nums": [9, 4, 1], "text": text}
+
+    samples = [with_text(0, "(9 + 4) + 1"), with_text(1, "13 + 1"), with_text(2, "9 * 4 - 1")]
+    samples.append(_sample(0, 3, 0.0) | {"nums": [9, 4, 1], "text": "no answer at all"})
+    assert numbers_ok_share(samples) == 2 / 4  # the slip and the missing answer fail
+    assert summarize(samples)["numbers_ok_share"] == 2 / 4
+    assert numbers_ok_share([_sample(0, 0, 1.0)]) is None  # no task numbers: unknown, not 0
+    assert numbers_ok_share([]) is None
 
 
 def test_summarize_empty_is_all_none() -> None:

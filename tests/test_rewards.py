@@ -22,6 +22,7 @@ from aha.rewards import (
     extract_answer,
     format_ok,
     format_reward,
+    uses_numbers,
 )
 
 NUMS = [19, 36, 55, 7]
@@ -143,6 +144,18 @@ def test_targets_and_numbers_in_other_types() -> None:
     assert not check_equation("55 + 36 - 7 - 19", NUMS, 65.5)
     assert not check_equation("55 + 36 - 7 - 19", [], 65)
     assert not check_equation(None, NUMS, 65)
+
+
+def test_uses_numbers_ignores_the_value_but_not_the_numbers() -> None:
+    assert uses_numbers("55 + 36 - 7 - 19", NUMS)  # right
+    assert uses_numbers("55 * 36 - 7 - 19", NUMS)  # wrong value, right numbers
+    assert uses_numbers("(55 + 36) - (7 + 19) = 65", NUMS)
+    assert not uses_numbers("91 - 26", NUMS)  # intermediate results: a sloppy answer
+    assert not uses_numbers("55 + 36 - 7", NUMS)  # a number left out
+    assert not uses_numbers("55 + 36 - 7 - 19 - 19", NUMS)  # one used twice
+    for bad in (None, "", "55 + 36 - 7 - x19", "9" * 300, 42):
+        assert not uses_numbers(bad, NUMS), bad
+    assert not uses_numbers("1 + 2", [1, "two"])
 
 
 def test_evaluate() -> None:

@@ -85,6 +85,7 @@ def test_score_every_field_by_hand(tmp_path: Path) -> None:
         "pass_at_1": (1 / 3 + 2 / 3 + 0) / 3,
         "pass_at_k": (1 + 1 + 0) / 3,  # pass@3 of 3 samples: any success
         "format_rate": 6 / 9,
+        "numbers_ok_share": 1 / 9,  # only A's answer uses 3, 7 and 12; B and C use others
         "tokens_mean": 483 / 9,
         "tokens_median": 50.0,
         "truncated_share": 1 / 9,

@@ -13,6 +13,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from aha import rewards
+
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 NO_PATTERN = "none"  # key in success_by_pattern for tasks whose pattern is null
 
@@ -114,6 +116,7 @@ def summarize(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "pass_at_1": None,
         "pass_at_k": None,
         "format_rate": None,
+        "numbers_ok_share": None,
         "tokens_mean": None,
         "tokens_median": None,
         "truncated_share": None,
@@ -134,11 +137,26 @@ def summarize(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "pass_at_1": statistics.fmean(pass_at_k(len(f), sum(f), 1) for f in groups.values()),
         "pass_at_k": statistics.fmean(pass_at_k(len(f), sum(f), k) for f in groups.values()),
         "format_rate": _share(float(s["format_reward"]) == 1.0 for s in samples),
+        "numbers_ok_share": numbers_ok_share(samples),
         "tokens_mean": statistics.fmean(tokens),
         "tokens_median": float(statistics.median(tokens)),
         "truncated_share": _share(bool(s["truncated"]) for s in samples),
         "success_by_pattern": success_by_pattern(samples),
     }
+
+
+def numbers_ok_share(samples: Sequence[Mapping[str, Any]]) -> float | None:
+    """Share of completions whose answer uses each of the task's numbers once, right or wrong.
+
+    Splits the failures: an answer with the right numbers but the wrong value missed the search;
+    one with other numbers (an intermediate result, a number left out) is sloppy copying. None
+    when the samples do not carry their task's numbers.
+    """
+    if not samples or any("nums" not in s for s in samples):
+        return None
+    return _share(
+        rewards.uses_numbers(rewards.extract_answer(s["text"]), s["nums"]) for s in samples
+    )
 
 
 def success_by_pattern(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -54,6 +54,7 @@ EXAMPLES_TABLE = "examples-{run}.html"
 # summary.tsv columns drawn as "metric vs step" panels: (column, panel title, y label, share?).
 QUALITY_PANELS = (
     ("format_rate", "Format rate", "share of completions", True),
+    ("numbers_ok_share", "Answer uses the given numbers", "share of completions", True),
     ("tokens_mean", "Completion length", "tokens (mean)", False),
     ("truncated_share", "Truncated completions", "share of completions", True),
 )
@@ -439,8 +440,10 @@ def _panels_figure(
 
 
 def plot_quality(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> Figure:
-    """Format rate, completion length and truncated share vs step."""
-    return _panels_figure(summary, runs, QUALITY_PANELS, "Format and length of completions")
+    """Format rate, answers that use the given numbers, length and truncated share vs step."""
+    return _panels_figure(
+        summary, runs, QUALITY_PANELS, "Format, answers and length of completions"
+    )
 
 
 def plot_behaviours(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> Figure:
@@ -667,7 +670,7 @@ def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
     missing = missing_steps(summary, runs)
     head = (
         "run", "step", "prompts × k", "success [95% CI]", "pass@1", "pass@k", "format",
-        "tokens mean / median", "truncated", "verify", "backtrack", "candidates",
+        "numbers ok", "tokens mean / median", "truncated", "verify", "backtrack", "candidates",
     )  # fmt: skip
     rows = []
     for run in run_order(summary, runs):
@@ -687,6 +690,7 @@ def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
                 _pct(r["pass_at_1"]),
                 f"{_pct(r['pass_at_k'])} (k={k})",
                 _pct(r["format_rate"]),
+                _pct(r.get("numbers_ok_share")),
                 f"{_num(r['tokens_mean'])} / {_num(r['tokens_median'], 0)}",
                 _pct(r["truncated_share"]),
                 _pct(r["verify_share"]),

@@ -223,6 +223,24 @@ def evaluate(expr: str) -> Fraction | None:
         return None
 
 
+def uses_numbers(answer: str | None, nums: Iterable[Any]) -> bool:
+    """True when `answer` is made of arithmetic tokens only and uses each of `nums` exactly once,
+    whatever its value: the half of the equation check that a sloppy answer ('13 + 1', written
+    with an intermediate result) fails. A trailing '= N' is ignored here."""
+    try:
+        if not isinstance(answer, str) or len(answer) > MAX_ANSWER_CHARS:
+            return False
+        wanted = [_as_int(n) for n in nums]
+        if not wanted or None in wanted:
+            return False
+        tokens = _tokenize(answer.partition("=")[0])
+        if tokens is None:
+            return False
+        return sorted(t for t in tokens if type(t) is int) == sorted(wanted)  # type: ignore[type-var]
+    except Exception:
+        return False
+
+
 def check_equation(answer: str | None, nums: Iterable[Any], target: Any) -> bool:
     """True when `answer` uses each of `nums` exactly once and equals `target` exactly.
 

@@ -32,6 +32,7 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "pass_at_1",
     "pass_at_k",
     "format_rate",
+    "numbers_ok_share",
     "tokens_mean",
     "tokens_median",
     "truncated_share",
