@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -222,6 +223,38 @@ def test_max_value_caps_every_stated_step_where_the_task_allows():
     # 10, 10, 10 -> 1000: no candidate stays under 5, yet the trace still shows one and gives up.
     t = traces.make_trace([10, 10, 10], 999, random.Random(0), give_up_rate=1.0, max_value=5)
     assert not t.correct and t.wrong_candidates >= 1
+
+
+def test_answer_slip_writes_the_last_step_which_the_equation_reward_refuses():
+    assert traces.slip_text(traces.parse("(9 + 4) + 1")) == "13 + 1"
+    assert traces.slip_text(traces.parse("20 - (14 - 1)")) == "20 - 13"
+    tasks = countdown.generate(300, seed=3, num_counts=[3], number_range=(1, 10))
+    for s in tasks:
+        plain = traces.make_trace(s.task.nums, s.task.target, random.Random(s.task.target))
+        slipped = traces.make_trace(
+            s.task.nums, s.task.target, random.Random(s.task.target), slip=True
+        )
+        # Same candidates and verdicts; only the answer differs, and it never scores.
+        assert (
+            slipped.completion.rsplit("<answer>", 1)[0] == plain.completion.rsplit("<answer>", 1)[0]
+        )
+        assert slipped.slipped and not slipped.correct
+        for t in (plain, slipped):
+            answer = rewards.extract_answer("<think>" + t.completion)
+            assert rewards.check_equation(answer, t.nums, t.target) == t.correct
+            assert rewards.uses_numbers(answer, t.nums) != t.slipped
+
+
+def test_slip_rate_changes_answers_only() -> None:
+    frame = pd.DataFrame({"nums": [[9, 4, 1], [3, 5, 7], [2, 2, 5]], "target": [14, 22, 6]})
+    base = tiny.WarmStart(num_traces=300, give_up_rate=0.5)
+    half = tiny.make_traces(frame, dataclasses.replace(base, answer_slip_rate=0.5), seed=1)
+    none = tiny.make_traces(frame, base, seed=1)
+    assert 100 < sum(t.slipped for t in half) < 200 and not any(t.slipped for t in none)
+    assert traces.summary(half)["answer_slip_share"] == sum(t.slipped for t in half) / 300
+    for a, b in zip(half, none, strict=True):
+        assert a.completion.rsplit("<answer>", 1)[0] == b.completion.rsplit("<answer>", 1)[0]
+        assert (a.answer == b.answer) == (not a.slipped)
 
 
 # ----------------------------------------------------------------------------- spec + build

@@ -81,6 +81,7 @@ class WarmStart:
     give_up_rate: float = 0.7
     max_wrong_candidates: int = 2
     max_value: int | None = None
+    answer_slip_rate: float = 0.0
     eval_tasks: int = EVAL_TASKS
 
 
@@ -369,8 +370,13 @@ def split_tasks(tasks: pd.DataFrame, n_eval: int, seed: int) -> tuple[pd.DataFra
 
 
 def make_traces(tasks: pd.DataFrame, ws: WarmStart, seed: int) -> list[traces.Trace]:
-    """`num_traces` traces, cycling through the tasks in a seeded order."""
+    """`num_traces` traces, cycling through the tasks in a seeded order.
+
+    Answer slips come from a generator of their own: a slip rate changes the answers only, never
+    the tasks, candidates or verdicts, so warm starts that differ in it compare fairly.
+    """
     rng = random.Random(seed)
+    slip_rng = random.Random(f"{seed}-answer-slip")
     rows = list(zip(tasks["nums"], tasks["target"], strict=True))
     out = []
     for i in range(ws.num_traces):
@@ -383,6 +389,7 @@ def make_traces(tasks: pd.DataFrame, ws: WarmStart, seed: int) -> list[traces.Tr
                 give_up_rate=ws.give_up_rate,
                 max_wrong=ws.max_wrong_candidates,
                 max_value=ws.max_value,
+                slip=slip_rng.random() < ws.answer_slip_rate,
             )
         )
     return out

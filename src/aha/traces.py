@@ -49,6 +49,7 @@ class Trace:
     answer: str
     correct: bool
     wrong_candidates: int
+    slipped: bool = False
 
 
 def value(expr: Expr) -> Fraction | None:
@@ -109,6 +110,14 @@ def answer_text(expr: Expr) -> str:
         return str(e) if isinstance(e, int) else f"({answer_text(e)})"
 
     return f"{side(left)} {op} {side(right)}"
+
+
+def slip_text(expr: Expr) -> str:
+    """The last step alone, '13 + 1' for '9 + 4 = 13, 13 + 1 = 14': the answer a sloppy
+    solver writes. It uses an intermediate result instead of the given numbers, so the equation
+    reward refuses it."""
+    last = steps_text(expr)[0].rsplit(", ", 1)[-1]
+    return last.rsplit(" = ", 1)[0]
 
 
 def steps_text(expr: Expr) -> tuple[str, int]:
@@ -226,8 +235,11 @@ def make_trace(
     give_up_rate: float = 0.7,
     max_wrong: int = 2,
     max_value: int | None = None,
+    slip: bool = False,
 ) -> Trace:
-    """One trace; `rng` decides the candidates and whether it gives up.
+    """One trace; `rng` decides the candidates and whether it gives up. `slip` writes the answer
+    as the last step alone (`slip_text`); the caller draws it from its own generator, so traces
+    with and without slips differ only in their answers.
 
     A task without a whole-number solution (rare) gets a give-up trace: the trace never claims
     what it cannot show.
@@ -253,9 +265,11 @@ def make_trace(
     else:
         final = rng.choice(good)
         lines.append(f"{steps_text(final)[0]}, yes.")
-    answer = answer_text(final)
+    answer = slip_text(final) if slip else answer_text(final)
     completion = "\n".join(lines) + f"\n</think>\n<answer> {answer} </answer>"
-    return Trace(tuple(nums), target, completion, answer, not give_up, len(tried))
+    return Trace(
+        tuple(nums), target, completion, answer, not give_up and not slip, len(tried), slip
+    )
 
 
 def summary(traces: Sequence[Trace]) -> dict[str, Any]:
@@ -265,5 +279,6 @@ def summary(traces: Sequence[Trace]) -> dict[str, Any]:
     return {
         "count": n,
         "correct_share": sum(t.correct for t in traces) / n if n else 0.0,
+        "answer_slip_share": sum(t.slipped for t in traces) / n if n else 0.0,
         "wrong_candidates": {str(k): wrong[k] / n for k in sorted(wrong)},
     }
