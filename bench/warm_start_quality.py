@@ -2,12 +2,17 @@
 
     .venv/bin/python bench/warm_start_quality.py [--model results/models/tiny]
         [--eval results/data/eval.parquet] [--prompts 200] [--seed 0] [--threads 1]
+    .venv/bin/python bench/warm_start_quality.py --samples results/runs/RUN/samples/step-*.jsonl
 
 One temperature-1.0 sample (128 new tokens) per eval prompt, then, over every stated step
 "a op b = c" of the thinking: the share whose arithmetic is right (by operator, and for values
 above 99); over every candidate line of two steps: the verdict it writes ("yes" or not) against
 the truth (its arithmetic right, its result the target). A warm start whose verdicts do not
 follow the truth leaves GRPO nothing to sharpen but guessing: docs/tiny-model.md.
+`--samples` audits a checkpoint's samples from the workflow instead (no model, no sampling):
+how the check changes under GRPO. "miss, states the target" counts candidate lines whose last
+step writes the target although the arithmetic does not give it (`6 + 6 = 12, 12 + 9 = 21`
+for target 21).
 """
 
 from __future__ import annotations
@@ -40,10 +45,14 @@ def audit(completions: list[str], targets: list[int]) -> dict:
                 hit = right and found[-1][3] == target
                 says_yes = line.rstrip().endswith("yes.")
                 verdicts[f"{'hit' if hit else 'miss'}, says {'yes' if says_yes else 'no'}"] += 1
+                if not right and found[-1][3] == target:
+                    verdicts["miss, states the target"] += 1
     ops = sorted({k for k, _ in steps})
     total = sum(steps.values())
     return {
-        "candidates_per_completion": sum(verdicts.values()) / len(completions),
+        "candidates_per_completion": (
+            sum(n for k, n in verdicts.items() if "says" in k) / len(completions)
+        ),
         "step_accuracy": sum(n for (_, ok), n in steps.items() if ok) / total if total else 0.0,
         "steps_by_operator": {
             k: f"{steps[(k, True)]}/{steps[(k, True)] + steps[(k, False)]}" for k in ops
@@ -59,7 +68,23 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--samples", type=Path, nargs="+", help="samples JSONL files to audit")
     args = parser.parse_args()
+    if args.samples:
+        from aha import jsonl, rewards
+
+        for path in args.samples:
+            rows = [r for _, r in jsonl.records(path)]
+            texts = [str(r["text"]) for r in rows]
+            report = audit(texts, [int(r["target"]) for r in rows])
+            success = sum(float(r["equation_reward"]) == 1.0 for r in rows) / len(rows)
+            numbers_ok = sum(
+                rewards.uses_numbers(rewards.extract_answer(r["text"]), r["nums"]) for r in rows
+            ) / len(rows)
+            print(json.dumps({"samples": str(path), "completions": len(rows),
+                              "success_rate": success, "numbers_ok_share": numbers_ok,
+                              **report}, indent=2))  # fmt: skip
+        return
     if not Path(args.model, "config.json").is_file():
         sys.exit(f"{args.model}: no model; build it with `snakemake --cores 2 results/models/tiny`")
 
