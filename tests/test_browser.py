@@ -56,7 +56,7 @@ FRONT_PAGE_TITLE = "Aha moment on Countdown with GRPO"
 CAPTIONS = {
     "success.svg": "Success rate vs training step.",
     "success_by_pattern.svg": "Success by operator pattern.",
-    "format_length.svg": "Format and length of completions vs step.",
+    "format_length.svg": "Format, answers and length of completions vs step.",
     "behaviours.svg": "behaviours vs step",
     "training.svg": "Training curves",
     "summary.html": "Every metric per run and checkpoint",
