@@ -34,6 +34,7 @@ def audit(completions: list[str], targets: list[int]) -> dict:
     each) and candidate lines per completion."""
     steps: Counter[tuple[str, bool]] = Counter()
     verdicts: Counter[str] = Counter()
+    lines = 0
     for text, target in zip(completions, targets, strict=True):
         for line in text.split("</think>")[0].split("\n"):
             found = [(int(a), op, int(b), int(r)) for a, op, b, r in STEP.findall(line)]
@@ -41,6 +42,7 @@ def audit(completions: list[str], targets: list[int]) -> dict:
                 size = "large" if max(a, b, r) > 99 else "small"
                 steps[(f"{op} {size}", value((op, a, b)) == r)] += 1
             if len(found) == 2:
+                lines += 1
                 right = all(value((op, a, b)) == r for a, op, b, r in found)
                 hit = right and found[-1][3] == target
                 says_yes = line.rstrip().endswith("yes.")
@@ -50,9 +52,7 @@ def audit(completions: list[str], targets: list[int]) -> dict:
     ops = sorted({k for k, _ in steps})
     total = sum(steps.values())
     return {
-        "candidates_per_completion": (
-            sum(n for k, n in verdicts.items() if "says" in k) / len(completions)
-        ),
+        "candidates_per_completion": lines / len(completions),
         "step_accuracy": sum(n for (_, ok), n in steps.items() if ok) / total if total else 0.0,
         "steps_by_operator": {
             k: f"{steps[(k, True)]}/{steps[(k, True)] + steps[(k, False)]}" for k in ops
@@ -71,18 +71,15 @@ def main() -> None:
     parser.add_argument("--samples", type=Path, nargs="+", help="samples JSONL files to audit")
     args = parser.parse_args()
     if args.samples:
-        from aha import jsonl, rewards
+        from aha import jsonl, metrics
 
         for path in args.samples:
             rows = [r for _, r in jsonl.records(path)]
-            texts = [str(r["text"]) for r in rows]
-            report = audit(texts, [int(r["target"]) for r in rows])
-            success = sum(float(r["equation_reward"]) == 1.0 for r in rows) / len(rows)
-            numbers_ok = sum(
-                rewards.uses_numbers(rewards.extract_answer(r["text"]), r["nums"]) for r in rows
-            ) / len(rows)
+            scores = metrics.summarize(rows)
+            report = audit([str(r["text"]) for r in rows], [int(r["target"]) for r in rows])
             print(json.dumps({"samples": str(path), "completions": len(rows),
-                              "success_rate": success, "numbers_ok_share": numbers_ok,
+                              "success_rate": scores["success_rate"],
+                              "numbers_ok_share": scores["numbers_ok_share"],
                               **report}, indent=2))  # fmt: skip
         return
     if not Path(args.model, "config.json").is_file():

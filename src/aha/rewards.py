@@ -223,6 +223,19 @@ def evaluate(expr: str) -> Fraction | None:
         return None
 
 
+def _tokens_using(expr: str, nums: Iterable[Any]) -> list[int | str] | None:
+    """`expr`'s tokens when it uses each of `nums` exactly once (a multiset), else None.
+
+    The numbers are compared before any arithmetic, so evaluation only sees the task's own."""
+    wanted = [_as_int(n) for n in nums]
+    if not wanted or None in wanted:
+        return None
+    tokens = _tokenize(expr)
+    if tokens is None or sorted(t for t in tokens if type(t) is int) != sorted(wanted):  # type: ignore[type-var]
+        return None
+    return tokens
+
+
 def uses_numbers(answer: str | None, nums: Iterable[Any]) -> bool:
     """True when `answer` is made of arithmetic tokens only and uses each of `nums` exactly once,
     whatever its value: the half of the equation check that a sloppy answer ('13 + 1', written
@@ -230,13 +243,7 @@ def uses_numbers(answer: str | None, nums: Iterable[Any]) -> bool:
     try:
         if not isinstance(answer, str) or len(answer) > MAX_ANSWER_CHARS:
             return False
-        wanted = [_as_int(n) for n in nums]
-        if not wanted or None in wanted:
-            return False
-        tokens = _tokenize(answer.partition("=")[0])
-        if tokens is None:
-            return False
-        return sorted(t for t in tokens if type(t) is int) == sorted(wanted)  # type: ignore[type-var]
+        return _tokens_using(answer.partition("=")[0], nums) is not None
     except Exception:
         return False
 
@@ -251,8 +258,7 @@ def check_equation(answer: str | None, nums: Iterable[Any], target: Any) -> bool
         if not isinstance(answer, str) or len(answer) > MAX_ANSWER_CHARS:
             return False
         goal = _as_int(target)
-        wanted = [_as_int(n) for n in nums]
-        if goal is None or not wanted or None in wanted:
+        if goal is None:
             return False
         expr, eq, rhs = answer.partition("=")
         if eq:
@@ -261,11 +267,8 @@ def check_equation(answer: str | None, nums: Iterable[Any], target: Any) -> bool
                 return False
             if int(stated) != goal:
                 return False
-        tokens = _tokenize(expr)
+        tokens = _tokens_using(expr, nums)
         if tokens is None:
-            return False
-        used = sorted(t for t in tokens if type(t) is int)
-        if used != sorted(wanted):  # type: ignore[type-var]
             return False
         value = _evaluate(tokens)
         return value is not None and value[0] == goal * value[1]
