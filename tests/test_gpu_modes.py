@@ -19,14 +19,9 @@ import yaml
 
 from aha import gpu
 from aha.config import run_view
-from aha.launch import (
-    LaunchError,
-    default_gpus,
-    server_flags,
-    split_gpus,
-    train_command,
-)
+from aha.launch import LaunchError, default_gpus, train_command
 from aha.sample_vllm import Completion, lora_rank, to_completions
+from aha.vllm_server import server_flags, split_gpus
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = "/env/bin/python"
@@ -266,7 +261,7 @@ def harness(tmp_path: Path):
     def command(action: str, *, mode: str = "ok", grace: float = 2.0, timeout: float = 30.0):
         wrapper = [
             sys.executable, "-c",
-            "import sys; from aha.launch import cli_with_vllm_server as c; "
+            "import sys; from aha.vllm_server import cli_with_vllm_server as c; "
             "c(sys.argv[1:], 'with-vllm-server')",
             "--model", "Org/Model", "--gpus", "3", "--port", str(port),
             "--server-args", '{"gpu_memory_utilization": 0.5}',
@@ -376,7 +371,7 @@ def test_wrapper_refuses_a_busy_port(harness):
 
 
 def test_wrapper_needs_a_command():
-    from aha.launch import cli_with_vllm_server
+    from aha.vllm_server import cli_with_vllm_server
 
     with pytest.raises(SystemExit) as exc:
         cli_with_vllm_server(["--model", "M", "--gpus", "2"], "with-vllm-server")
@@ -478,7 +473,7 @@ def test_check_gpu_cli_exits_with_one_line(monkeypatch, capsys):
 
 def test_gpu_modules_import_no_heavy_package():
     code = (
-        "import sys, aha.launch, aha.gpu, aha.sample_vllm; "
+        "import sys, aha.launch, aha.vllm_server, aha.gpu, aha.sample_vllm; "
         "print(sorted(m for m in ('torch', 'vllm', 'deepspeed', 'bitsandbytes', 'transformers') "
         "if m in sys.modules))"
     )

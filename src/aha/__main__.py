@@ -20,7 +20,10 @@ STAGES: dict[str, tuple[str, str]] = {
     "plots": ("aha.report", "seaborn figures for the report"),
     "tables": ("aha.report", "HTML tables for the report"),
     "check-gpu": ("aha.gpu", "check CUDA, GPU packages and the model before a GPU run"),
-    "with-vllm-server": ("aha.launch", "run a command beside a `trl vllm-serve` on the last GPU"),
+    "with-vllm-server": (
+        "aha.vllm_server",
+        "run a command beside a `trl vllm-serve` on the last GPU",
+    ),
 }
 
 
