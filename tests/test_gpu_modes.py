@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from aha import gpu
-from aha.config import run_view
-from aha.launch import LaunchError, default_gpus, train_command
+from aha.config import default_devices, run_view
+from aha.launch import LaunchError, train_command
 from aha.sample_vllm import Completion, lora_rank, to_completions
 from aha.vllm_server import server_flags, split_gpus
 
@@ -64,6 +64,7 @@ def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
     assert cmd[:cut] == [
         PY, "-m", "aha", "with-vllm-server",
         "--model", "Org/Model", "--gpus", "4", "--port", "8123",
+        "--grace", "300",  # torchrun's 240 s for the ranks' save, and a minute more
         "--server-args", '{"gpu_memory_utilization": 0.5}',
         "--server-log", "logs/train_grpo/r.vllm-server.log",
     ]  # fmt: skip
@@ -91,14 +92,14 @@ def test_zero3_without_vllm_use_is_plain_accelerate_even_if_mode_says_server():
     assert cmd[cmd.index("--num_processes") + 1] == "2"
 
 
-def test_default_gpus_per_mode():
-    assert [default_gpus(spec(m)) for m in ("cpu", "qlora", "zero3")] == [0, 1, 4]
+def test_default_devices_per_mode():
+    assert [default_devices(spec(m)) for m in ("cpu", "qlora", "zero3")] == [0, 1, 4]
 
 
 def test_seed_config_zero3_run_reproduces_the_seed_batch_on_four_gpus():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     run = run_view(config, "qwen-zero3")
-    cmd = train_command(run, default_gpus(run), "python", [])
+    cmd = train_command(run, default_devices(run), "python", [])
     processes = int(cmd[cmd.index("--num_processes") + 1])
     assert processes == 3 and cmd[cmd.index("--model") + 1] == "Qwen/Qwen2.5-3B-Instruct"
     grpo = run["grpo"]
@@ -380,7 +381,7 @@ def test_wrapper_needs_a_command():
 
 # --- environment checks ---------------------------------------------------------------------
 
-HINT = "pip install 'aha-countdown[gpu]' or use environment.yml"
+HINT = gpu.INSTALL_HINT
 
 
 def test_missing_gpu_package_names_the_install(monkeypatch):

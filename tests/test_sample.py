@@ -81,8 +81,11 @@ def test_resolve_model_reads_manifests(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_vllm_backend_without_vllm_names_the_fix(tiny_model: Path, eval_path: Path) -> None:
     with pytest.raises(SampleError, match=r"vllm.*--backend hf"):
-        sample._sample_vllm(ModelRef(str(tiny_model)), sample.load_tasks(eval_path), Sampling())
+        sample._sample_vllm(
+            ModelRef(str(tiny_model)), sample.load_tasks(eval_path), Sampling(), None, "cuda"
+        )
     assert sample.choose_backend("auto") == "hf"  # no CUDA, no vllm here
+    assert sample.choose_backend("auto", "cpu") == "hf"  # a rehearsal without vllm installed
 
 
 # ----------------------------------------------------------------------------- real sampling

@@ -184,7 +184,9 @@ def test_qlora_mode_quantization_and_lora(tmp_path: Path) -> None:
     args = train.build_grpo_args(spec, tmp_path)
     assert args["bf16"] is True and args["activation_checkpointing"] is True
     assert "use_cpu" not in args
-    assert args["model_init_kwargs"] == {"dtype": "bfloat16"}
+    # one process on the job's first GPU: TRL's default device_map="auto" spreads over all
+    assert args["model_init_kwargs"] == {"dtype": "bfloat16", "device_map": {"": 0}}
+    assert args["save_total_limit"] == 2  # configured steps live on in weights/step-N
     objects = train.build_peft_objects(spec)
     quant, lora = objects["quantization_config"], objects["peft_config"]
     assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4"
@@ -194,6 +196,20 @@ def test_qlora_mode_quantization_and_lora(tmp_path: Path) -> None:
         lora.r == 8 and lora.lora_alpha == 32 and set(lora.target_modules) == {"q_proj", "v_proj"}
     )
     assert train.build_peft_objects(run_spec()) == {}
+
+
+def test_a_gpu_mode_rehearsed_on_cpu_keeps_its_gpu_settings_and_adds_use_cpu(
+    tmp_path: Path,
+) -> None:
+    base = {"name": "q", "model": {"dtype": "bfloat16"}, "checkpoints": [2]}
+    for mode in ("qlora", "zero3"):
+        spec = RunSpec.from_dict({**base, "mode": mode, "device": "cpu", "grpo": {"max_steps": 2}})
+        args = train.build_grpo_args(spec, tmp_path)
+        assert args["use_cpu"] is True
+        assert args["bf16"] is True and args["activation_checkpointing"] is True
+        assert args["model_init_kwargs"] == {"dtype": "bfloat16"}  # no GPU device_map
+    with pytest.raises(TrainError, match="device 'tpu'"):
+        RunSpec.from_dict({**base, "mode": "zero3", "device": "tpu", "grpo": {"max_steps": 2}})
 
 
 def test_zero3_mode_keeps_vllm_settings(tmp_path: Path) -> None:

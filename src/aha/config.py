@@ -18,6 +18,14 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
 MODES = ("cpu", "qlora", "zero3")
+DEVICES = ("cuda", "cpu")
+# Head sizes vLLM's CPU attention backend takes (vllm 0.30 `CPUAttentionBackend`): a rehearsal
+# of a vLLM path on the CPU needs a tiny model whose hidden_size / heads is one of them.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+# GPUs a run asks for when the profile does not say; the seed's reported run: 4 GPUs, 3 training
+# + 1 serving vLLM. On a CPU rehearsal the same counts are CPU processes, ZeRO-3 kept at two
+# ranks (plus the server) so two cores can hold it.
+DEFAULT_GPUS = {"cpu": 0, "qlora": 1, "zero3": 4}
 
 
 class ConfigError(ValueError):
@@ -60,9 +68,11 @@ def run_view(config: dict[str, Any], run: str) -> dict[str, Any]:
     model.update(spec.get("model") or {})
     if model.get("source") != "tiny":
         model.pop("tiny", None)  # the tiny model's recipe means nothing to a Hub model's run
+    mode = spec.get("mode")
     return {
         "name": run,
-        "mode": spec.get("mode"),
+        "mode": mode,
+        "device": "cpu" if mode == "cpu" else config.get("device", "cuda"),
         "model": model,
         "checkpoints": list(spec.get("checkpoints") or config.get("checkpoints") or []),
         "grpo": dict(spec.get("grpo") or {}),
@@ -70,6 +80,83 @@ def run_view(config: dict[str, Any], run: str) -> dict[str, Any]:
         "quantization": dict(spec.get("quantization") or {}),
         "vllm_server": dict(spec.get("vllm_server") or {}),
     }
+
+
+def uses_vllm_server(run_spec: dict[str, Any]) -> bool:
+    """A zero3 run generating on a separate `trl vllm-serve` (the wrapper starts it)."""
+    grpo = run_spec.get("grpo") or {}
+    return (
+        run_spec.get("mode") == "zero3"
+        and bool(grpo.get("use_vllm"))
+        and grpo.get("vllm_mode", "colocate") == "server"
+    )
+
+
+def default_devices(run_spec: dict[str, Any]) -> int:
+    """Devices of a training job: GPUs on cuda (cpu 0, qlora 1, zero3 4), CPU ranks on a rehearsal.
+
+    A zero3 rehearsal trains on two CPU ranks, plus one slot for the server in server mode, so
+    `train_command` splits the devices exactly as it splits GPUs.
+    """
+    mode = run_spec["mode"]
+    if run_spec.get("device", "cuda") == "cpu" and mode == "zero3":
+        return 3 if uses_vllm_server(run_spec) else 2
+    return DEFAULT_GPUS[mode]
+
+
+def training_processes(run_spec: dict[str, Any], devices: int) -> int:
+    """Training processes on `devices`: all of them, less the vLLM server's in server mode."""
+    if run_spec["mode"] != "zero3":
+        return 1
+    return devices - 1 if uses_vllm_server(run_spec) else devices
+
+
+def completions_per_step(run_spec: dict[str, Any], devices: int) -> int:
+    """Completions per optimizer step: per-device batch x processes x accumulation (TRL >= 0.15)."""
+    grpo = run_spec.get("grpo") or {}
+    per_device = int(grpo.get("per_device_train_batch_size", 8))
+    accumulation = int(grpo.get("gradient_accumulation_steps", 1))
+    return per_device * training_processes(run_spec, devices) * accumulation
+
+
+def batch_notes(config: dict[str, Any]) -> list[str]:
+    """One line per zero3 run that generates colocated, saying what its batch is.
+
+    Colocated vLLM trains on every GPU where server mode trains on all but one: switching the
+    seed's run (3 x 8 x 8 = 192 completions on 4 GPUs) to colocate makes it 256 without a word.
+    """
+    notes = []
+    for name in config.get("runs", {}):
+        view = run_view(config, name)
+        grpo = view["grpo"]
+        if view["mode"] != "zero3" or not grpo.get("use_vllm") or uses_vllm_server(view):
+            continue
+        devices = default_devices(view)
+        batch = completions_per_step(view, devices)
+        as_server = completions_per_step({**view, "grpo": {**grpo, "vllm_mode": "server"}}, devices)
+        n_gen = int(grpo.get("num_generations", 8))
+        notes.append(
+            f"runs.{name}: vllm_mode colocate trains on all {devices} devices: {batch} completions "
+            f"({batch // n_gen} prompts x {n_gen}) per optimizer step, where server mode on the same "
+            f"devices gives {as_server}; set gradient_accumulation_steps to choose the batch"
+        )
+    return notes
+
+
+def quantization_kwargs(mode: str, overrides: dict[str, Any]) -> dict[str, Any] | None:
+    """BitsAndBytesConfig kwargs (qlora only): 4-bit NF4 with bf16 compute unless overridden.
+
+    Training loads the base this way, and sampling loads every step of a qlora run (step 0,
+    the base alone, too) the same way, so a run's curve compares one precision.
+    """
+    if mode != "qlora":
+        return None
+    defaults = {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_compute_dtype": "bfloat16",
+    }
+    return {**defaults, **overrides}
 
 
 def steps(config: dict[str, Any], run: str) -> list[int]:
@@ -101,6 +188,8 @@ def check(config: dict[str, Any]) -> None:
             )
         if tiny.get("hidden_size", heads) % heads:
             raise ConfigError("model.tiny.hidden_size: must be a multiple of num_attention_heads")
+    if config.get("device") == "cpu" and model.get("source") == "tiny":
+        _check_vllm_cpu_heads(config)
     ds = config.get("dataset", {})
     if ds.get("source") == "path" and not ds.get("path"):
         raise ConfigError("dataset.path: required when dataset.source is 'path'")
@@ -116,6 +205,20 @@ def check(config: dict[str, Any]) -> None:
         )
     for name, spec in runs.items():
         _check_run(config, name, spec)
+
+
+def _check_vllm_cpu_heads(config: dict[str, Any]) -> None:
+    """A CPU rehearsal that samples or generates with vLLM needs a head size vLLM's CPU takes."""
+    vllm = config.get("sampling", {}).get("backend") == "vllm" or any(
+        (spec.get("grpo") or {}).get("use_vllm") for spec in config["runs"].values()
+    )
+    tiny = config["model"].get("tiny", {})
+    head = tiny.get("hidden_size", 192) // tiny.get("num_attention_heads", 4)
+    if vllm and head not in VLLM_CPU_HEAD_SIZES:
+        raise ConfigError(
+            f"model.tiny.hidden_size: {tiny.get('hidden_size')} / num_attention_heads gives head "
+            f"size {head}; vLLM on the CPU (device cpu) takes {', '.join(map(str, VLLM_CPU_HEAD_SIZES))}"
+        )
 
 
 def _check_run(config: dict[str, Any], name: str, spec: Any) -> None:

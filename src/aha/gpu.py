@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-INSTALL_HINT = "pip install 'aha-countdown[gpu]' or use environment.yml"
+INSTALL_HINT = "pip install 'aha-countdown[gpu]' or use environment.yml (CPU rehearsal: make install-rehearsal)"
 
 # package each mode (or feature) needs -> import name
 MODE_PACKAGES: dict[str, tuple[str, ...]] = {
@@ -48,11 +48,11 @@ def require_cuda(mode: str) -> None:
         raise GpuEnvError(f"mode {mode} needs a CUDA GPU; on CPU use config/tiny.yaml (mode cpu)")
 
 
-def check_mode(mode: str, grpo: dict[str, Any] | None = None) -> None:
+def check_mode(mode: str, grpo: dict[str, Any] | None = None, device: str = "cuda") -> None:
     """All checks for training in `mode` with these GRPOConfig options; no-op for mode cpu.
 
     Packages are checked before CUDA: a missing package is the likelier mistake on a GPU node
-    and its fix is different.
+    and its fix is different. A rehearsal (`device` cpu) needs the same packages, no CUDA.
     """
     if mode == "cpu":
         return
@@ -62,13 +62,15 @@ def check_mode(mode: str, grpo: dict[str, Any] | None = None) -> None:
         require_package(package, f"mode {mode}")
     if (grpo or {}).get("use_vllm"):
         require_package("vllm", f"mode {mode} with grpo.use_vllm")
-    require_cuda(mode)
+    if device == "cuda":
+        require_cuda(mode)
 
 
-def check_vllm_sampling() -> None:
-    """Checks for sampling with vLLM (the GPU sampling backend)."""
+def check_vllm_sampling(device: str = "cuda") -> None:
+    """Checks for sampling with vLLM (on the GPU, or its CPU build for a rehearsal)."""
     require_package("vllm", "sampling with vLLM")
-    require_cuda("sampling with vLLM")
+    if device == "cuda":
+        require_cuda("sampling with vLLM")
 
 
 def _hub_offline() -> bool:
@@ -155,7 +157,7 @@ def cli(argv: list[str], prog: str) -> None:
     args = parser.parse_args(argv)
     spec = json.loads(args.run_spec)
     try:
-        check_mode(spec.get("mode", "cpu"), spec.get("grpo"))
+        check_mode(spec.get("mode", "cpu"), spec.get("grpo"), spec.get("device", "cuda"))
         if args.model:
             resolve_model(args.model)
     except GpuEnvError as err:

@@ -18,31 +18,24 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from aha.config import training_processes, uses_vllm_server
+
 ZERO3_CONFIG = "workflow/accelerate/zero3.yaml"
 DEFAULT_PORT = 8000  # GRPOConfig.vllm_server_port's default
-# The seed's reported run: 4 GPUs, 3 training + 1 serving vLLM.
-DEFAULT_GPUS = {"cpu": 0, "qlora": 1, "zero3": 4}
 
 
 class LaunchError(ValueError):
     """A run that cannot be launched with the given resources; one line naming the fix."""
 
 
-def uses_vllm_server(run_spec: dict[str, Any]) -> bool:
-    grpo = run_spec.get("grpo") or {}
-    return (
-        run_spec.get("mode") == "zero3"
-        and bool(grpo.get("use_vllm"))
-        and (grpo.get("vllm_mode", "colocate") == "server")
-    )
-
-
-def default_gpus(run_spec: dict[str, Any]) -> int:
-    """GPUs the train rule asks for when the profile does not say: cpu 0, qlora 1, zero3 4."""
-    return DEFAULT_GPUS[run_spec["mode"]]
-
-
+# torchrun kills its workers 30 s after forwarding SIGTERM (SLURM's time-limit signal): too short
+# for a ZeRO-3 checkpoint save. Measured under the SLURM profile: 240 s lets every rank finish its
+# save; the server wrapper waits a minute longer before it stops the training command's tree.
 ELASTIC_SHUTDOWN_TIMEOUT_S = 240
+TRAIN_GRACE_S = ELASTIC_SHUTDOWN_TIMEOUT_S + 60
+# A CPU rehearsal (device cpu) differs from the GPU launch in these settings only: DeepSpeed's
+# CPU accelerator (gloo), accelerate's --cpu, and a KV cache size for vLLM's CPU build (GiB).
+CPU_ENV = ("DS_ACCELERATOR=cpu", "VLLM_CPU_KVCACHE_SPACE=1")
 
 
 def server_port(run_spec: dict[str, Any]) -> int:
@@ -59,34 +52,38 @@ def train_command(
     server_log: str | None = None,
     accelerate_config: str = ZERO3_CONFIG,
 ) -> list[str]:
-    """The argv that trains `run_spec` (a `aha.config.run_view`) on `gpus` GPUs.
+    """The argv that trains `run_spec` (a `aha.config.run_view`) on `gpus` devices.
 
+    `gpus` are GPUs, or on a CPU rehearsal (`device: cpu`) the CPU processes that stand in for
+    them (`aha.config.default_devices`): the split between training and server is the same.
     `train_args` are appended after `aha train` (pass [] to get a prefix the rule extends).
     `model` is what the vLLM server serves in server mode (default: the run's
     model.name_or_path); `server_log` is where the server's output goes.
     """
     mode = run_spec.get("mode")
     name = run_spec.get("name", "?")
+    on_cpu = run_spec.get("device", "cuda") == "cpu" and mode != "cpu"
+    unit = "CPU process" if on_cpu else "GPU"
     train = ["-m", "aha", "train", *train_args]
     if mode == "cpu":
         return [python, *train]
+    env = ["env", *CPU_ENV] if on_cpu else []
     if mode == "qlora":
         if gpus < 1:
-            raise LaunchError(f"runs.{name}: mode qlora needs 1 GPU (resources gpu={gpus})")
-        return [python, *train]
+            raise LaunchError(f"runs.{name}: mode qlora needs 1 {unit} (resources gpu={gpus})")
+        return [*env, python, *train]
     if mode != "zero3":
         raise LaunchError(f"runs.{name}.mode: {mode!r} is not one of cpu, qlora, zero3")
     server = uses_vllm_server(run_spec)
-    processes = gpus - 1 if server else gpus
+    processes = training_processes(run_spec, gpus)
     if processes < 1:
-        need = "2 GPUs (one trains, the last serves vLLM)" if server else "1 GPU"
+        need = f"2 {unit}es" if on_cpu else "2 GPUs"
+        need = f"{need} (one trains, the last serves vLLM)" if server else f"1 {unit}"
         raise LaunchError(f"runs.{name}: mode zero3 needs at least {need} (resources gpu={gpus})")
     launch = [
-        # torchrun kills its workers 30 s after forwarding SIGTERM (SLURM's time-limit signal):
-        # too short for a ZeRO-3 checkpoint save. Measured under the SLURM profile: 240 s lets
-        # every rank finish its save before the job ends.
         "env",
         f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={ELASTIC_SHUTDOWN_TIMEOUT_S}",
+        *env[1:],
         python,
         "-m",
         "accelerate.commands.launch",  # = `accelerate launch`, from this interpreter
@@ -94,6 +91,7 @@ def train_command(
         accelerate_config,
         "--num_processes",
         str(processes),
+        *(["--cpu"] if on_cpu else []),
         *train,
     ]
     if not server:
@@ -102,6 +100,7 @@ def train_command(
     if not served:
         raise LaunchError(f"runs.{name}: no model to serve (model.name_or_path)")
     wrapper = [
+        *env,
         python,
         "-m",
         "aha",
@@ -112,6 +111,8 @@ def train_command(
         str(gpus),
         "--port",
         str(server_port(run_spec)),
+        "--grace",
+        str(TRAIN_GRACE_S),
     ]
     if run_spec.get("vllm_server"):
         wrapper += ["--server-args", json.dumps(run_spec["vllm_server"], sort_keys=True)]

@@ -6,10 +6,16 @@ loaded on its base model. Prompts are the training prompts (`aha.prompts.render`
 prefilled), so the completion continues inside `<think>`.
 
 Backends: `hf` is batched `generate` with left padding and a progress bar, deterministic for a
-seed (each batch is seeded with `seed + batch index`); `vllm` is the GPU path in
-`aha.sample_vllm`; `auto` takes vLLM when CUDA and vllm are both present, else `hf`. Both sample
-with exactly temperature/top_p from the config: a model's own generation defaults (Qwen's top_k
-20 and repetition penalty 1.05) are switched off, as vLLM's `SamplingParams` has them off.
+seed (each batch is seeded with `seed + batch index`); `vllm` is `aha.sample_vllm`, on the GPU or,
+for a rehearsal (`--device cpu`), on vLLM's CPU build; `auto` takes vLLM when it is installed and
+the device can run it, else `hf`. Both sample with exactly temperature/top_p from the config: a
+model's own generation defaults (Qwen's top_k 20 and repetition penalty 1.05) are switched off,
+as vLLM's `SamplingParams` has them off.
+
+A qlora run passes `--quantization` at every step, step 0 included: the base is loaded in 4 bit
+as training saw it, and an adapter is applied on top of it unmerged, so every point of a run's
+curve is measured at one precision. (vLLM's CPU build has no bitsandbytes: a rehearsal samples
+a qlora run's steps on the unquantized base with vLLM, every step alike, and in 4 bit with hf.)
 
 Output: one JSON line per completion, prompt-major, with keys `SAMPLE_KEYS`.
 """
@@ -157,24 +163,41 @@ def load_tasks(path: Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- HF backend
 
 
-def load_hf(ref: ModelRef) -> tuple[Any, Any]:
-    """(model, tokenizer) for `generate`: fp32 on CPU, the checkpoint's dtype on GPU."""
+def load_hf(
+    ref: ModelRef, quantization: dict[str, Any] | None = None, device: str = "cuda"
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for `generate`: fp32 on CPU, the checkpoint's dtype on GPU.
+
+    With `quantization` (BitsAndBytesConfig kwargs) the base loads in 4 bit and an adapter stays
+    unmerged on it: merging into NF4 weights would dequantize them, another precision.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = "auto" if device == "cuda" else torch.float32
+    on = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    dtype = "auto" if on == "cuda" else torch.float32
     tokenizer = _load_tokenizer(ref)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if quantization:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
+        kwargs["device_map"] = {"": 0 if on == "cuda" else "cpu"}
+    base = AutoModelForCausalLM.from_pretrained(
+        ref.base if ref.is_adapter else ref.weights, **kwargs
+    )
+    model = base
     if ref.is_adapter:
         try:
             from peft import PeftModel
         except ImportError:
             raise SampleError("loading a LoRA adapter needs peft: pip install peft") from None
-        base = AutoModelForCausalLM.from_pretrained(ref.base, dtype=dtype)
-        model = PeftModel.from_pretrained(base, ref.weights).merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(ref.weights, dtype=dtype)
-    return model.to(device).eval(), tokenizer
+        model = PeftModel.from_pretrained(base, ref.weights)
+        if not quantization:
+            model = model.merge_and_unload()
+    if not quantization:
+        model = model.to(on)
+    return model.eval(), tokenizer
 
 
 def _load_tokenizer(ref: ModelRef) -> Any:
@@ -254,22 +277,36 @@ def generate_hf(
     return out
 
 
-def _sample_hf(ref: ModelRef, tasks: pd.DataFrame, cfg: Sampling) -> list[Completion]:
-    model, tokenizer = load_hf(ref)
+def _sample_hf(
+    ref: ModelRef,
+    tasks: pd.DataFrame,
+    cfg: Sampling,
+    quantization: dict[str, Any] | None,
+    device: str,
+) -> list[Completion]:
+    model, tokenizer = load_hf(ref, quantization, device)
     return generate_hf(model, tokenizer, render_prompts(tokenizer, tasks), cfg)
 
 
 # ----------------------------------------------------------------------------- vLLM backend
 
 
-def _sample_vllm(ref: ModelRef, tasks: pd.DataFrame, cfg: Sampling) -> list[Completion]:
-    """The GPU backend (aha.sample_vllm): same prompts and output contract as `_sample_hf`."""
+def _sample_vllm(
+    ref: ModelRef,
+    tasks: pd.DataFrame,
+    cfg: Sampling,
+    quantization: dict[str, Any] | None,
+    device: str,
+) -> list[Completion]:
+    """The vLLM backend (aha.sample_vllm): same prompts and output contract as `_sample_hf`."""
     from aha import gpu, sample_vllm
 
     try:
-        gpu.check_vllm_sampling()
+        gpu.check_vllm_sampling(device)
     except gpu.GpuEnvError as err:
         raise SampleError(f"{err} (or pass --backend hf)") from None
+    if quantization and device == "cpu":
+        log.warning("vLLM's CPU build has no bitsandbytes: every step of this run unquantized")
     tokenizer = _load_tokenizer(ref)
     return sample_vllm.sample_vllm(
         ref.base if ref.is_adapter else ref.weights,
@@ -280,12 +317,13 @@ def _sample_vllm(ref: ModelRef, tasks: pd.DataFrame, cfg: Sampling) -> list[Comp
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
-        quantization="bitsandbytes" if ref.mode == "qlora" else None,
+        quantization="bitsandbytes" if quantization and device == "cuda" else None,
+        device=device,
     )
 
 
-def choose_backend(backend: str) -> str:
-    """`auto` -> vllm where CUDA and vllm are both present, else hf."""
+def choose_backend(backend: str, device: str = "cuda") -> str:
+    """`auto` -> vllm where it is installed and the device runs it (CUDA, or a CPU rehearsal)."""
     if backend not in BACKENDS:
         raise SampleError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend != "auto":
@@ -294,6 +332,8 @@ def choose_backend(backend: str) -> str:
 
     if not gpu.has_package("vllm"):
         return "hf"
+    if device == "cpu":
+        return "vllm"
     import torch
 
     return "vllm" if torch.cuda.is_available() else "hf"
@@ -362,11 +402,14 @@ def sample(
     step: int,
     out: Path,
     backend: str = "auto",
+    *,
+    device: str = "cuda",
+    quantization: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Sample the eval split from one checkpoint and write `out`; returns the records."""
     ref = resolve_model(model)
     tasks = load_tasks(eval_path)
-    chosen = choose_backend(backend)
+    chosen = choose_backend(backend, device)
     log.info(
         "sampling %s (%s%s): %d prompts x k=%d, backend %s",
         ref.weights,
@@ -376,7 +419,8 @@ def sample(
         cfg.k,
         chosen,
     )
-    completions = (_sample_vllm if chosen == "vllm" else _sample_hf)(ref, tasks, cfg)
+    sampler = _sample_vllm if chosen == "vllm" else _sample_hf
+    completions = sampler(ref, tasks, cfg, quantization, device)
     records = to_records(run, step, tasks, completions, cfg.k)
     write_jsonl(Path(out), records)
     return records
@@ -409,7 +453,19 @@ def cli(argv: list[str], prog: str) -> None:
         "--backend",
         default="auto",
         choices=BACKENDS,
-        help="hf (transformers generate), vllm (GPU), or auto: vllm when CUDA and vllm are present",
+        help="hf (transformers generate), vllm, or auto: vllm when it is installed and the device "
+        "runs it",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="cuda, or cpu for a rehearsal of a GPU run (vLLM's CPU build); default cuda",
+    )
+    parser.add_argument(
+        "--quantization",
+        default=None,
+        help="BitsAndBytesConfig kwargs as JSON (qlora runs, every step): the base loads in 4 bit",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -417,9 +473,20 @@ def cli(argv: list[str], prog: str) -> None:
     )
     try:
         cfg = Sampling.from_dict(json.loads(args.sampling))
-        records = sample(args.model, args.eval, cfg, args.run, args.step, args.out, args.backend)
+        quantization = json.loads(args.quantization) if args.quantization else None
+        records = sample(
+            args.model,
+            args.eval,
+            cfg,
+            args.run,
+            args.step,
+            args.out,
+            args.backend,
+            device=args.device,
+            quantization=quantization,
+        )
     except json.JSONDecodeError as err:
-        raise SystemExit(f"{prog}: --sampling is not JSON: {err}") from None
+        raise SystemExit(f"{prog}: --sampling or --quantization is not JSON: {err}") from None
     except SampleError as err:
         raise SystemExit(f"{prog}: {err}") from None
     n = len(records)

@@ -67,12 +67,17 @@ def sample_vllm(
     quantization: str | None = None,
     gpu_memory_utilization: float = 0.9,
     max_model_len: int | None = None,
+    device: str = "cuda",
 ) -> list[Completion]:
     """k completions for each prompt (prompt-major: prompt 0's k, then prompt 1's, ...).
 
     `prompts` are already-rendered strings (the chat template applied with the assistant
     prefill), so vLLM must not template them again: `LLM.generate` takes them as raw text.
     `quantization="bitsandbytes"` loads the base in 4 bit, as QLoRA trained its adapter.
+    The seed is the engine's: a per-request `SamplingParams(seed=...)` kills vLLM's CPU worker
+    (`CPU Generator does not use offset`), and the engine seed makes a run just as repeatable.
+    On the CPU (`device="cpu"`, vLLM's CPU build) the engine runs eagerly: compiling its graphs
+    costs more than the tiny rehearsal models take to sample.
     """
     from vllm import LLM, SamplingParams
 
@@ -82,6 +87,8 @@ def sample_vllm(
         "seed": seed,
         "gpu_memory_utilization": gpu_memory_utilization,
     }
+    if device == "cpu":
+        engine_kwargs["enforce_eager"] = True
     if max_model_len is not None:
         engine_kwargs["max_model_len"] = max_model_len
     if quantization:
@@ -98,7 +105,6 @@ def sample_vllm(
         temperature=temperature,
         top_p=top_p,
         max_tokens=max_new_tokens,
-        seed=seed,
     )
     outputs = llm.generate(prompts, params, lora_request=lora_request)
     return to_completions(outputs, k)

@@ -41,7 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import prompts, rewards
-from aha.config import MODES
+from aha.config import DEVICES, MODES
+from aha.config import quantization_kwargs as config_quantization
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -91,6 +92,7 @@ class RunSpec:
     name: str
     mode: str
     model: dict[str, Any]
+    device: str
     checkpoints: tuple[int, ...]
     grpo: dict[str, Any]
     lora: dict[str, Any] = field(default_factory=dict)
@@ -99,13 +101,16 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        known = {"name", "mode", "model", "checkpoints", "grpo", "lora", "quantization"}
+        known = {"name", "mode", "device", "model", "checkpoints", "grpo", "lora", "quantization"}
         unknown = set(data) - known - {"vllm_server"}
         if unknown:
             raise TrainError(f"run spec: unknown keys {', '.join(sorted(unknown))}")
         mode = data.get("mode")
         if mode not in MODES:
             raise TrainError(f"run spec: mode {mode!r} is not one of {', '.join(MODES)}")
+        device = "cpu" if mode == "cpu" else data.get("device", "cuda")
+        if device not in DEVICES:
+            raise TrainError(f"run spec: device {device!r} is not one of {', '.join(DEVICES)}")
         grpo = dict(data.get("grpo") or {})
         max_steps = grpo.get("max_steps")
         if not isinstance(max_steps, int) or max_steps <= 0:
@@ -121,6 +126,7 @@ class RunSpec:
             name=str(data.get("name") or "run"),
             mode=mode,
             model=dict(data.get("model") or {}),
+            device=device,
             checkpoints=steps,
             grpo=grpo,
             lora=dict(data.get("lora") or {}),
@@ -136,17 +142,33 @@ class RunSpec:
 # ----------------------------------------------------------------------------- pure per-mode settings
 
 
-def mode_defaults(mode: str) -> dict[str, Any]:
-    """GRPOConfig values a mode implies; each applies only where the run's grpo does not set it."""
+# Checkpoints TRL keeps in trainer/: the newest to resume from and one before it. The configured
+# steps' weights are copied out to weights/step-N when saved, so rotation never loses them; a
+# run that kept every checkpoint-N of a 3B ZeRO-3 run would hold ~43 GB each.
+SAVE_TOTAL_LIMIT = 2
+
+
+def mode_defaults(mode: str, device: str = "cuda") -> dict[str, Any]:
+    """GRPOConfig values a mode implies; each applies only where the run's grpo does not set it.
+
+    A GPU mode rehearsed on the CPU (`device: cpu`) keeps its GPU settings and adds `use_cpu`.
+    """
     if mode == "cpu":
         return {
             "use_cpu": True,
             "bf16": False,
             "activation_checkpointing": False,
             "report_to": "none",
+            "save_total_limit": SAVE_TOTAL_LIMIT,
         }
     if mode in ("qlora", "zero3"):
-        return {"bf16": True, "activation_checkpointing": True, "report_to": "none"}
+        defaults = {
+            "bf16": True,
+            "activation_checkpointing": True,
+            "report_to": "none",
+            "save_total_limit": SAVE_TOTAL_LIMIT,
+        }
+        return {**defaults, "use_cpu": True} if device == "cpu" else defaults
     raise TrainError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
 
 
@@ -170,7 +192,7 @@ def build_grpo_args(spec: RunSpec, out_dir: str | Path, seed: int | None = None)
     """
     grpo = dict(spec.grpo)
     args = dict(grpo)
-    for key, value in mode_defaults(spec.mode).items():
+    for key, value in mode_defaults(spec.mode, spec.device).items():
         aliases = _CHECKPOINTING_KEYS if key in _CHECKPOINTING_KEYS else (key,)
         if not any(alias in grpo for alias in aliases):
             args[key] = value
@@ -180,20 +202,17 @@ def build_grpo_args(spec: RunSpec, out_dir: str | Path, seed: int | None = None)
         log.warning("grpo.output_dir is ignored: training state lives in OUT/%s", TRAINER_DIR)
     args["output_dir"] = str(Path(out_dir) / TRAINER_DIR)
     init_kwargs = {**model_init_kwargs(spec), **(grpo.get("model_init_kwargs") or {})}
+    if spec.mode == "qlora" and spec.device == "cuda":
+        # TRL's default for one process is device_map="auto", which spreads the 4-bit base
+        # over every visible GPU; the job's GPU is the first one it sees.
+        init_kwargs.setdefault("device_map", {"": 0})
     args["model_init_kwargs"] = init_kwargs or None
     return args
 
 
 def quantization_kwargs(spec: RunSpec) -> dict[str, Any] | None:
     """BitsAndBytesConfig kwargs (qlora only): 4-bit NF4 with bf16 compute unless overridden."""
-    if spec.mode != "qlora":
-        return None
-    defaults = {
-        "load_in_4bit": True,
-        "bnb_4bit_quant_type": "nf4",
-        "bnb_4bit_compute_dtype": "bfloat16",
-    }
-    return {**defaults, **spec.quantization}
+    return config_quantization(spec.mode, spec.quantization)
 
 
 def lora_kwargs(spec: RunSpec) -> dict[str, Any] | None:
@@ -234,7 +253,7 @@ def check_environment(spec: RunSpec, model: str) -> None:
     from aha import gpu
 
     try:
-        gpu.check_mode(spec.mode, spec.grpo)
+        gpu.check_mode(spec.mode, spec.grpo, spec.device)
         if not Path(model).is_dir():
             gpu.resolve_model(model)
     except gpu.GpuEnvError as err:
@@ -633,6 +652,11 @@ def train(
 
     from transformers import AutoTokenizer, set_seed
     from trl import GRPOConfig, GRPOTrainer
+
+    if spec.device == "cpu" and spec.mode != "cpu":
+        from aha import cpu_rehearsal
+
+        cpu_rehearsal.prepare(spec.grpo)
 
     try:
         config = GRPOConfig(**grpo_args)

@@ -8,8 +8,17 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from aha.config import ConfigError, check, run_view, schema_error, steps
-from aha.launch import default_gpus, train_command
+from aha.config import (
+    ConfigError,
+    batch_notes,
+    check,
+    default_devices,
+    quantization_kwargs,
+    run_view,
+    schema_error,
+    steps,
+)
+from aha.launch import train_command
 from aha.report import report_files
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
@@ -20,6 +29,8 @@ try:
     check(config)
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
+for note in batch_notes(config):
+    logger.warning(f"note: {note}")
 
 # Rules call `python -m aha STAGE`: the interpreter running Snakemake (the project venv) goes
 # first on PATH, so `python` is it even when the venv is not activated.
@@ -36,9 +47,21 @@ def run_threads(wildcards):
 
 
 def train_threads(wildcards):
-    """Training threads. Two for the tiny CPU model: its optimiser step runs 1.8x faster on two
-    (docs/benchmarks.md), and samples of its checkpoints wait for the whole run anyway."""
-    return 2 if run_view(config, wildcards.run)["mode"] == "cpu" else MAX_THREADS
+    """Training threads. Two on the CPU (the tiny model, a rehearsal): its optimiser step runs
+    1.8x faster on two (docs/benchmarks.md), and samples of its checkpoints wait for the whole
+    run anyway."""
+    return 2 if run_view(config, wildcards.run)["device"] == "cpu" else MAX_THREADS
+
+
+def run_gpus(wildcards):
+    """GPUs a job asks the scheduler for: the run's devices on cuda, none on a CPU rehearsal."""
+    spec = run_view(config, wildcards.run)
+    return default_devices(spec) if spec["device"] == "cuda" else 0
+
+
+def sample_gpus(wildcards):
+    """One GPU to sample a GPU-mode run (vLLM takes most of it); none on the CPU."""
+    return 1 if run_view(config, wildcards.run)["device"] == "cuda" else 0
 
 
 TINY = "results/models/tiny"
@@ -89,15 +112,32 @@ def as_json(obj):
     return json.dumps(obj, sort_keys=True)
 
 
+def sample_backend(wildcards):
+    """Mode cpu samples with transformers; GPU modes as sampling.backend says."""
+    spec = run_view(config, wildcards.run)
+    return "hf" if spec["mode"] == "cpu" else config["sampling"]["backend"]
+
+
+def sample_quantization(wildcards):
+    """`--quantization` of a qlora run, at every step (step 0 too): one precision per run."""
+    spec = run_view(config, wildcards.run)
+    if spec["mode"] != "qlora":
+        return ""
+    kwargs = quantization_kwargs("qlora", spec["quantization"])
+    return f"--quantization {shlex.quote(as_json(kwargs))}"
+
+
 def launch_command(wildcards, resources):
     """The mode-specific training command (see aha.launch.train_command)."""
     spec = run_view(config, wildcards.run)
+    devices = int(resources.gpu) if spec["device"] == "cuda" else default_devices(spec)
     cmd = train_command(
         spec,
-        int(resources.gpu),
+        devices,
         "python",
         [],
         model=model_path(wildcards.run),
         server_log=f"logs/train_grpo/{wildcards.run}.vllm-server.log",
+        accelerate_config=f"{workflow.basedir}/workflow/accelerate/zero3.yaml",
     )
     return shlex.join(cmd)

@@ -13,8 +13,12 @@ rule sample:
     params:
         model=lambda wc: sample_model(wc.run, int(wc.step)),
         sampling=lambda wc: as_json(config["sampling"]),
-        backend=lambda wc: "hf" if run_view(config, wc.run)["mode"] == "cpu" else "auto",
+        backend=sample_backend,
+        device=lambda wc: run_view(config, wc.run)["device"],
+        quantization=sample_quantization,
     threads: run_threads
+    resources:
+        gpu=sample_gpus,
     log:
         "logs/sample/{run}-{step}.log",
     benchmark:
@@ -24,6 +28,7 @@ rule sample:
     shell:
         "OMP_NUM_THREADS={threads} python -m aha sample --model {params.model} "
         "--eval {input.eval} --sampling {params.sampling:q} --backend {params.backend} "
+        "--device {params.device} {params.quantization} "
         "--run {wildcards.run} --step {wildcards.step} --out {output} > {log} 2>&1"
 
 

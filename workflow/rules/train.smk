@@ -23,7 +23,7 @@ rule train_grpo:
         launch=launch_command,
     threads: train_threads
     resources:
-        gpu=lambda wc: default_gpus(run_view(config, wc.run)),
+        gpu=run_gpus,
     log:
         "logs/train_grpo/{run}.log",
     benchmark:
