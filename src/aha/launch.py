@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aha.config import training_processes, uses_vllm_server
+from aha.sample_vllm import CPU_KVCACHE_GIB
 
 ZERO3_CONFIG = "workflow/accelerate/zero3.yaml"
 DEFAULT_PORT = 8000  # GRPOConfig.vllm_server_port's default
@@ -34,8 +35,13 @@ class LaunchError(ValueError):
 ELASTIC_SHUTDOWN_TIMEOUT_S = 240
 TRAIN_GRACE_S = ELASTIC_SHUTDOWN_TIMEOUT_S + 60
 # A CPU rehearsal (device cpu) differs from the GPU launch in these settings only: DeepSpeed's
-# CPU accelerator (gloo), accelerate's --cpu, and a KV cache size for vLLM's CPU build (GiB).
-CPU_ENV = ("DS_ACCELERATOR=cpu", "VLLM_CPU_KVCACHE_SPACE=1")
+# CPU accelerator, a KV cache size for vLLM's CPU build (GiB) and fp32. Not accelerate's --cpu: it
+# would run one plain process without DeepSpeed (aha.train gives ZeRO-3 `ddp_backend: gloo`).
+CPU_ENV = ("DS_ACCELERATOR=cpu", f"VLLM_CPU_KVCACHE_SPACE={CPU_KVCACHE_GIB}")
+# ZeRO-3 ranks on the CPU train in fp32: transformers refuses bf16 without a GPU (short of
+# use_cpu, see above), so the rehearsal sets grpo.bf16 false and the zero3 yaml's bf16 mixed
+# precision, which DeepSpeed would otherwise enable, is switched off on the command line.
+CPU_ACCELERATE = ("--mixed_precision", "no")
 
 
 def server_port(run_spec: dict[str, Any]) -> int:
@@ -91,7 +97,7 @@ def train_command(
         accelerate_config,
         "--num_processes",
         str(processes),
-        *(["--cpu"] if on_cpu else []),
+        *(CPU_ACCELERATE if on_cpu else []),
         *train,
     ]
     if not server:

@@ -71,6 +71,7 @@ class Sampling:
     max_new_tokens: int = 1024
     batch_size: int = 64
     seed: int = 1234
+    backend: str = "auto"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sampling:
@@ -94,6 +95,10 @@ class Sampling:
             raise SampleError(f"sampling.temperature: must be >= 0 (got {cfg.temperature!r})")
         if not 0 < cfg.top_p <= 1:
             raise SampleError(f"sampling.top_p: must be in (0, 1] (got {cfg.top_p!r})")
+        if cfg.backend not in BACKENDS:
+            raise SampleError(
+                f"sampling.backend: {cfg.backend!r} is not one of {', '.join(BACKENDS)}"
+            )
         return cfg
 
 

@@ -11,8 +11,14 @@ only here, inside the function, so nothing else pays for it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import NamedTuple
+
+# GiB of KV cache for vLLM's CPU build. Without it vLLM sizes the cache from
+# `gpu_memory_utilization`, which on the CPU is a share of the NUMA node's memory (0.9 of it
+# by default, refused when other jobs hold some). The rehearsal's launcher sets the same value.
+CPU_KVCACHE_GIB = "1"
 
 # vLLM compiles kernels for these LoRA ranks; an adapter's rank is rounded up to one of them.
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -79,6 +85,8 @@ def sample_vllm(
     On the CPU (`device="cpu"`, vLLM's CPU build) the engine runs eagerly: compiling its graphs
     costs more than the tiny rehearsal models take to sample.
     """
+    if device == "cpu":
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
     from vllm import LLM, SamplingParams
 
     engine_kwargs: dict = {

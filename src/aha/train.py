@@ -68,6 +68,7 @@ _STATE_FILES = frozenset(
         "training_args.bin",
         "latest",
         "zero_to_fp32.py",
+        "zero_to_torch.py",
         STATE_FILE,
     }
 )
@@ -151,7 +152,10 @@ SAVE_TOTAL_LIMIT = 2
 def mode_defaults(mode: str, device: str = "cuda") -> dict[str, Any]:
     """GRPOConfig values a mode implies; each applies only where the run's grpo does not set it.
 
-    A GPU mode rehearsed on the CPU (`device: cpu`) keeps its GPU settings and adds `use_cpu`.
+    A GPU mode rehearsed on the CPU (`device: cpu`) keeps its GPU settings. qlora adds
+    `use_cpu`. zero3 must not (accelerate would then skip DeepSpeed and run one plain process):
+    it names the process group's backend instead, `ddp_backend: gloo`, without which accelerate
+    takes its world for a single process while DeepSpeed has two ranks.
     """
     if mode == "cpu":
         return {
@@ -168,7 +172,13 @@ def mode_defaults(mode: str, device: str = "cuda") -> dict[str, Any]:
             "report_to": "none",
             "save_total_limit": SAVE_TOTAL_LIMIT,
         }
-        return {**defaults, "use_cpu": True} if device == "cpu" else defaults
+        if device != "cpu":
+            return defaults
+        return (
+            {**defaults, "use_cpu": True}
+            if mode == "qlora"
+            else {**defaults, "ddp_backend": "gloo"}
+        )
     raise TrainError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
 
 
