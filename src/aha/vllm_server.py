@@ -1,33 +1,90 @@
 """`python -m aha with-vllm-server`: run a training command beside a `trl vllm-serve` server.
 
-The wrapper owns the server's whole life: it starts the server in its own process group on the
-last visible GPU, waits for `GET /health` (failing fast if the server dies), runs the training
-command on the other GPUs, and always stops the server (SIGTERM to its group, then SIGKILL after
-a grace period): on success, on failure, and when the wrapper itself gets SIGTERM or SIGINT,
-which it first forwards to the training command so the trainer can stop cleanly. A GPU held by
-an orphaned server is the failure this exists to prevent. `aha.launch.train_command` builds the
-argv that calls it.
+The wrapper owns the server's whole life: it starts the server in its own session on the last
+visible GPU, waits for `GET /health` (failing fast if the server dies), runs the training
+command on the other GPUs, and always stops the server afterwards: on success, on failure, and
+when the wrapper itself gets SIGTERM or SIGINT. A GPU held by an orphaned server is the failure
+this exists to prevent. `aha.launch.train_command` builds the argv that calls it.
+
+Preemption: SLURM (`--signal=TERM@300`) sends SIGTERM to every process of the job, and the
+trainer then saves at the end of its current step, which may still be generating through the
+server. So the server runs with SIGTERM *blocked* (the mask is inherited by everything it
+starts, and Python's `signal.signal` does not unblock it; SIGTERM_GUARD stops multiprocessing
+from unblocking it): an outside SIGTERM stays pending, and the server is stopped only once the
+training command has exited, with SIGINT (vLLM's and uvicorn's clean shutdown, as Ctrl-C) and
+SIGKILL after `--server-grace`.
+
+Process trees, not groups: torchrun starts each rank in its own session, so a signal to the
+training command's process group misses the ranks. The wrapper is a child subreaper (orphans
+are re-parented to it, not to init), finds descendants by walking /proc, and signals each of
+them and their groups: a forwarded SIGTERM reaches every rank so each can save, and SIGKILL
+after `--grace` (default torchrun's own shutdown timeout + 60 s) leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from aha.launch import DEFAULT_PORT, LaunchError
+from aha.launch import DEFAULT_PORT, ELASTIC_SHUTDOWN_TIMEOUT_S, LaunchError
+from aha.process_tree import (
+    KILL_WAIT_S,
+    Family,
+    descendants,
+    preexec,
+    process_table,
+    sigterm_blocked,
+    stop_tree,
+)
+
+# The training command's grace: torchrun waits ELASTIC_SHUTDOWN_TIMEOUT_S for its ranks (a
+# ZeRO-3 save of a 3B model is ~43 GB), the margin covers its own exit.
+DEFAULT_GRACE_S = float(ELASTIC_SHUTDOWN_TIMEOUT_S + 60)
+DEFAULT_SERVER_GRACE_S = 30.0  # the server saves nothing: a short SIGINT -> SIGKILL gap
+
+# Put on the server's PYTHONPATH as sitecustomize.py, so it runs in every Python process of the
+# server (spawned ones too): multiprocessing's resource tracker, which vLLM starts (spawn,
+# SharedMemory), unblocks SIGINT and SIGTERM in the process that starts it, undoing the mask.
+SIGTERM_GUARD = '''\
+"""Written by aha.vllm_server: SIGTERM stays blocked in the vLLM server, stopped after training."""
+import importlib.machinery, importlib.util, os, signal, sys
+
+_unguarded = signal.pthread_sigmask
+
+
+def pthread_sigmask(how, mask):
+    mask = set(mask)
+    if how == signal.SIG_UNBLOCK:
+        mask.discard(signal.SIGTERM)
+    elif how == signal.SIG_SETMASK:
+        mask.add(signal.SIGTERM)
+    return _unguarded(how, mask)
+
+
+signal.pthread_sigmask = pthread_sigmask
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here]
+)
+if _spec is not None and _spec.loader is not None:  # the sitecustomize this one shadows
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules[__name__] = _module
+    _spec.loader.exec_module(_module)
+'''
 
 
 def server_flags(options: dict[str, Any]) -> list[str]:
@@ -75,17 +132,11 @@ def split_gpus(gpus: int, visible: str | None) -> tuple[str, str]:
     return ",".join(ids[:-1]), ids[-1]
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get SIGTERM when the wrapper dies, even by SIGKILL.
-
-    Linux only (prctl PR_SET_PDEATHSIG); libc is loaded here, in the parent, so the child
-    runs only the prctl call between fork and exec.
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, signal.SIGTERM)
+def _guarded_env(directory: str, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with SIGTERM_GUARD first on PYTHONPATH (written to `directory`)."""
+    Path(directory, "sitecustomize.py").write_text(SIGTERM_GUARD)
+    path = env.get("PYTHONPATH")
+    return {**env, "PYTHONPATH": os.pathsep.join([directory, *([path] if path else [])])}
 
 
 def _port_in_use(host: str, port: int) -> bool:
@@ -94,9 +145,13 @@ def _port_in_use(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+# The server is on this node: a cluster's http_proxy (without no_proxy) must not take the check.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def healthy(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
+        with _DIRECT.open(url, timeout=2.0) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -106,33 +161,19 @@ class ServerError(RuntimeError):
     """The vLLM server did not come up (or went away); the message says where its log is."""
 
 
-class _Signalled(BaseException):
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def stop_process_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM to the process's group, SIGKILL after `grace` seconds; reaps the process."""
-    if proc.poll() is not None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stray children of an exited leader
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)  # workers that outlived their leader
-
-
 def _exit_status(returncode: int) -> int:
     """A shell's view of a child's status: 128 + N for a child killed by signal N."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _final_status(child: subprocess.Popen, fallback: int) -> int:
+    """The status of a command that was just stopped: its own, else `fallback` (0 included:
+    a stopped run must not look successful)."""
+    with suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=KILL_WAIT_S)  # stop_tree is over: at worst stuck in I/O
+    if child.returncode is None:
+        return fallback
+    return _exit_status(child.returncode) or fallback
 
 
 def _log(message: str) -> None:
@@ -148,32 +189,36 @@ def run_with_server(
     host: str = "127.0.0.1",
     server_log: str | None = None,
     health_timeout: float = 900.0,
-    grace: float = 30.0,
+    grace: float = DEFAULT_GRACE_S,
+    server_grace: float = DEFAULT_SERVER_GRACE_S,
     poll: float = 0.5,
 ) -> int:
     """Start the server, wait for health, run `command`, always stop the server; the status.
 
     Returns `command`'s exit status (128 + N if it died of signal N). Raises ServerError if the
-    server dies or stays unhealthy before `command` starts; a signal to this process is
-    forwarded to `command` and ends the run with status 128 + N.
+    server dies or stays unhealthy before `command` starts. SIGTERM or SIGINT to this process
+    is forwarded to every process of `command`, which gets `grace` seconds (its checkpoint
+    save, using the server) before SIGKILL; only then is the server stopped (SIGINT, SIGKILL
+    after `server_grace`). Further signals while stopping are ignored.
     """
     train_devices, server_device = split_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     if _port_in_use(host, port):
         raise ServerError(
             f"port {port} is already in use; set grpo.vllm_server_port (and so --port) to a free one"
         )
-    state = {"signalled": 0}
+    got: list[int] = []  # the first signal; the handler only records (never raises mid-cleanup)
 
     def on_signal(signum: int, _frame: Any) -> None:
-        if state["signalled"]:
-            return  # already shutting down: a second Ctrl-C must not abort the cleanup
-        state["signalled"] = signum
-        raise _Signalled(signum)
+        if not got:
+            got.append(signum)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    guard_dir = tempfile.mkdtemp(prefix="aha-vllm-server-")
+    family = Family()
+    previous: dict[int, Any] = {}
     log_file = None
     server = child = None
     try:
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         if server_log:
             Path(server_log).parent.mkdir(parents=True, exist_ok=True)
             log_file = open(server_log, "ab")  # noqa: SIM115 - closed in finally
@@ -182,18 +227,21 @@ def run_with_server(
             f"server on GPU {server_device}, training on GPU(s) {train_devices}: "
             f"{' '.join(server_command)}"
         )
-        server = subprocess.Popen(
-            list(server_command),
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": server_device},
+        server = family.popen(
+            server_command,
+            env=_guarded_env(guard_dir, {**os.environ, "CUDA_VISIBLE_DEVICES": server_device}),
             stdout=log_file,
             stderr=subprocess.STDOUT if log_file else None,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: stopped as a whole
-            preexec_fn=_die_with_parent(),
+            start_new_session=True,  # no terminal's Ctrl-C: stopped by us, after training
+            preexec_fn=preexec(signal.SIGINT, block_sigterm=True),
         )
         url = f"http://{host}:{port}/health"
         deadline = time.monotonic() + health_timeout
         while not healthy(url):
+            if got:
+                _log(f"got {signal.Signals(got[0]).name} before training started")
+                return 128 + got[0]
             if server.poll() is not None:
                 raise ServerError(
                     f"vLLM server exited with status {_exit_status(server.returncode)} before "
@@ -205,44 +253,68 @@ def run_with_server(
                     + (f"; see {server_log}" if server_log else "")
                 )
             time.sleep(poll)
-        _log(f"server healthy at {url}; starting: {' '.join(command)}")
-        child = subprocess.Popen(
-            list(command),
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": train_devices},
-            start_new_session=True,  # signals reach every rank via the group, sent by us
-            preexec_fn=_die_with_parent(),
+        if got:
+            _log(f"got {signal.Signals(got[0]).name} before training started")
+            return 128 + got[0]
+        table = process_table()
+        exposed = sorted(
+            pid
+            for pid in {server.pid, *descendants(server.pid, table)}
+            if pid in table and not table[pid].exited and sigterm_blocked(pid) is False
         )
+        if exposed:  # something unblocked it (not Python code, which the guard covers)
+            _log(
+                f"warning: server process(es) {exposed} have SIGTERM unblocked: a preemption "
+                "SIGTERM would stop them before the trainer's checkpoint"
+            )
+        _log(f"server healthy at {url}; starting: {' '.join(command)}")
+        child = family.popen(
+            command,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": train_devices},
+            start_new_session=True,  # signals come from us, to every process of its tree
+            preexec_fn=preexec(signal.SIGTERM, block_sigterm=False),
+        )
+
+        def training() -> dict[int, int]:
+            return family.members(exclude=server)
+
+        reap_at = time.monotonic() + 10
         while child.poll() is None:
+            if got:
+                name = signal.Signals(got[0]).name
+                _log(
+                    f"got {name}: forwarding it to the training command and all its processes "
+                    f"(grace {grace:.0f} s); the server stays up until they exit"
+                )
+                stop_tree(training, got[0], grace)
+                return _final_status(child, 128 + got[0])
             if server.poll() is not None:
                 _log(
                     f"vLLM server exited with status {_exit_status(server.returncode)} during "
                     "training; stopping the training command"
                 )
-                stop_process_group(child, grace)
-                return _exit_status(child.returncode) or 1
+                stop_tree(training, signal.SIGTERM, grace)
+                return _final_status(child, 1)
+            if time.monotonic() > reap_at:  # adopted orphans that exited: no zombie pile-up
+                family.members()
+                reap_at = time.monotonic() + 10
             time.sleep(poll)
         status = _exit_status(child.returncode)
         _log(f"training command exited with status {status}")
         return status
-    except _Signalled as sig:
-        name = signal.Signals(sig.signum).name
-        if child is not None and child.poll() is None:
-            _log(f"got {name}: forwarding it to the training command (grace {grace:.0f} s)")
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.pid, sig.signum)
-            try:
-                child.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                stop_process_group(child, 0)
-            return _exit_status(child.returncode) or 128 + sig.signum
-        _log(f"got {name} before training started")
-        return 128 + sig.signum
     finally:
-        if child is not None and child.poll() is None:
-            stop_process_group(child, grace)
+        if child is not None:
+            left = family.members(exclude=server)
+            if left:
+                _log(f"stopping {len(left)} leftover process(es) of the training command")
+                stop_tree(lambda: family.members(exclude=server), signal.SIGTERM, grace)
         if server is not None:
             _log("stopping the vLLM server")
-            stop_process_group(server, grace)
+            stuck = stop_tree(family.members, signal.SIGINT, server_grace)
+            if stuck:
+                _log(f"still there after SIGKILL (uninterruptible?): {sorted(stuck)}")
+        family.close()
+        shutil.rmtree(guard_dir, ignore_errors=True)
         if log_file is not None:
             log_file.close()
         for signum, handler in previous.items():
@@ -294,8 +366,15 @@ def cli_with_vllm_server(argv: list[str], prog: str) -> None:
     parser.add_argument(
         "--grace",
         type=float,
-        default=30.0,
-        help="seconds between SIGTERM and SIGKILL when stopping a process (default 30)",
+        default=DEFAULT_GRACE_S,
+        help="seconds the training command's processes get between SIGTERM (their checkpoint "
+        "save) and SIGKILL (default: torchrun's shutdown timeout + 60 = %(default).0f)",
+    )
+    parser.add_argument(
+        "--server-grace",
+        type=float,
+        default=DEFAULT_SERVER_GRACE_S,
+        help="seconds the server gets between SIGINT and SIGKILL (default %(default).0f)",
     )
     parser.add_argument(
         "--server-command",
@@ -324,6 +403,7 @@ def cli_with_vllm_server(argv: list[str], prog: str) -> None:
             server_log=args.server_log,
             health_timeout=args.health_timeout,
             grace=args.grace,
+            server_grace=args.server_grace,
         )
     except (LaunchError, ServerError) as err:
         sys.exit(f"{prog}: {err}")
