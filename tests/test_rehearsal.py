@@ -174,3 +174,28 @@ print(json.dumps(out))
     kinds = json.loads(result.stdout.strip().splitlines()[-1])
     assert "Linear4bit" in kinds["0"] and "PeftModelForCausalLM" not in kinds["0"]
     assert "Linear4bit" in kinds["4"] and "PeftModelForCausalLM" in kinds["4"]
+
+
+def test_grpo_moves_the_weights_in_every_mode(rehearsal_dag) -> None:
+    """Rewards vary within groups (the warm-started tiny model is well formed a third of the
+    time), so the rehearsal trains for real: every step-4 checkpoint differs from where it
+    started, and what colocated vLLM reloads after each step is a changed policy."""
+    from safetensors.numpy import load_file
+
+    workdir, _ = rehearsal_dag
+    base = load_file(workdir / "results" / "models" / "tiny" / "model.safetensors")
+    for run in ("qwen-zero3", "qwen-zero3-colocate"):
+        trained = load_file(run_dir(workdir, run) / "weights" / "step-4" / "model.safetensors")
+        assert trained.keys() == base.keys()
+        assert any((trained[k] != base[k]).any() for k in base), f"{run}: weights unchanged"
+    adapter = load_file(
+        run_dir(workdir, "qwen-qlora") / "weights" / "step-4" / "adapter_model.safetensors"
+    )
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.any() for v in lora_b), "LoRA B is still its zero init"
+    for run in RUNS:
+        rows = [
+            json.loads(x)
+            for x in (run_dir(workdir, run) / "train_log.jsonl").read_text().splitlines()
+        ]
+        assert any(r.get("reward_std", 0) > 0 for r in rows), f"{run}: no reward variance"
