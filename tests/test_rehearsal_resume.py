@@ -26,12 +26,14 @@ from tests.conftest import REHEARSAL_CONFIGS, SNAKEFILE, rehearsal_python, snake
 
 pytestmark = pytest.mark.slow
 
-MAX_STEPS = 24  # long enough that the signal lands mid-run however fast a step is
-CHECKPOINTS = [2, MAX_STEPS]
+# Long enough that the signal lands mid-run however fast a step is (qlora ≈ 0.5 s a step on two
+# cores, colocate ≈ 2 s, server ≈ 10 s: its two ranks generate over HTTP), short enough to resume.
+MAX_STEPS = {"qwen-qlora": 24, "qwen-zero3-colocate": 12, "qwen-zero3": 8}
 
 
-def configs(tmp_path: Path, run: str, max_steps: int = MAX_STEPS) -> list[Path]:
+def configs(tmp_path: Path, run: str) -> list[Path]:
     """The rehearsal config plus an override: this run saves every 2 steps up to max_steps."""
+    max_steps = MAX_STEPS[run]
     override = {
         "runs": {
             run: {
@@ -103,13 +105,14 @@ def rerun_and_check(tmp_path: Path, files: list[Path], run: str, interrupted_at:
     snakemake(tmp_path, "--cores", "2", f"{run_dir.relative_to(tmp_path)}/checkpoints",
               configfile=files, python=python)  # fmt: skip
     log = (tmp_path / "logs" / "train_grpo" / f"{run}.log").read_text()
-    assert f"checkpoint-{interrupted_at} (step {interrupted_at} of {MAX_STEPS})" in log, log[-3000:]
+    max_steps = MAX_STEPS[run]
+    assert f"checkpoint-{interrupted_at} (step {interrupted_at} of {max_steps})" in log, log[-3000:]
     state = json.loads(
-        (run_dir / "trainer" / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text()
+        (run_dir / "trainer" / f"checkpoint-{max_steps}" / "trainer_state.json").read_text()
     )
-    assert state["global_step"] == MAX_STEPS
+    assert state["global_step"] == max_steps
     assert {p.name for p in (run_dir / "checkpoints").glob("*.json")} == {
-        f"step-{s}.json" for s in CHECKPOINTS
+        f"step-{s}.json" for s in (2, max_steps)
     }
     assert step2.stat().st_mtime == step2_mtime, "step-2 weights were redone: training restarted"
     # save_total_limit 2: TRL keeps the newest two checkpoint-N, weights/ keeps the configured
@@ -119,7 +122,7 @@ def rerun_and_check(tmp_path: Path, files: list[Path], run: str, interrupted_at:
         for row in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines())
         if "reward" in row
     ]
-    assert logged == list(range(1, MAX_STEPS + 1))
+    assert logged == list(range(1, max_steps + 1))
 
 
 @pytest.mark.parametrize("run", ["qwen-qlora", "qwen-zero3-colocate"])
@@ -140,7 +143,7 @@ def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
     time.sleep(1)
     assert not alive(tree), "processes of the killed job survived"
     killed_at = newest_complete(trainer)
-    assert 4 <= killed_at < MAX_STEPS
+    assert 4 <= killed_at < MAX_STEPS[run]
     if run == "qwen-zero3-colocate":
         assert (trainer / f"checkpoint-{killed_at}" / f"global_step{killed_at}").is_dir()
     rerun_and_check(tmp_path, files, run, killed_at)
@@ -167,7 +170,7 @@ def test_preempted_server_run_saves_through_the_live_server_and_resumes(tmp_path
     time.sleep(1)
     assert not alive(tree), "processes of the preempted job survived"
     saved = newest_complete(trainer)
-    assert before < saved < MAX_STEPS, "no checkpoint saved on SIGTERM"
+    assert before < saved < MAX_STEPS[run], "no checkpoint saved on SIGTERM"
     log = (tmp_path / "logs" / "train_grpo" / f"{run}.log").read_text()
     assert "SIGTERM received: saving a checkpoint" in log
     # the trainer exited (after its save) before the server was stopped

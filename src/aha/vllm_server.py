@@ -287,7 +287,9 @@ def run_with_server(
                     f"(grace {grace:.0f} s); the server stays up until they exit"
                 )
                 stop_tree(training, got[0], grace)
-                return _final_status(child, 128 + got[0])
+                status = _final_status(child, 128 + got[0])
+                _log(f"training command exited with status {status} after {name}")
+                return status
             if server.poll() is not None:
                 _log(
                     f"vLLM server exited with status {_exit_status(server.returncode)} during "
