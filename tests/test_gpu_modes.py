@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import yaml
 
 from aha import gpu
-from aha.config import default_devices, run_view
+from aha.config import batch_notes, completions_per_step, default_devices, run_view
 from aha.launch import LaunchError, train_command
 from aha.sample_vllm import Completion, lora_rank, to_completions
 from aha.vllm_server import server_flags, split_gpus
@@ -111,6 +112,42 @@ def test_seed_config_zero3_run_reproduces_the_seed_batch_on_four_gpus():
     assert grpo["max_completion_length"] == 1024 and grpo["max_steps"] == 450
     assert run["checkpoints"] == [50, 100, 200, 450]
     assert run_view(config, "qwen-qlora")["quantization"]["load_in_4bit"] is True
+    # the seed (TRL 0.14) had no importance-sampling correction; TRL 1.16 turns it on by default
+    assert grpo["vllm_importance_sampling_correction"] is False
+    assert completions_per_step(run, default_devices(run)) == 192
+
+
+def test_switching_the_seed_run_to_colocate_says_its_batch_grows():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    assert batch_notes(config) == []  # server mode: the seed's batch, nothing to say
+    config["runs"]["qwen-zero3"]["grpo"]["vllm_mode"] = "colocate"
+    (note,) = batch_notes(config)
+    assert note.startswith("runs.qwen-zero3: vllm_mode colocate trains on all 4 devices: 256")
+    assert "server mode on the same devices gives 192" in note
+
+
+def test_gpu_runs_declare_their_gpus_and_a_rehearsal_none(tmp_path):
+    """`sample` and `train_grpo` ask the scheduler for GPUs on cuda (vLLM takes most of one)."""
+
+    def resources(*configs):
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d"]
+        cmd += [str(tmp_path), "-n", "--configfile", *map(str, configs)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        found = {}
+        for block in out.split("\n\n"):
+            rule = re.search(r"rule (\w+):", block)
+            gpu = re.search(r"resources: .*gpu=(\d+)", block)
+            run = re.search(r"run=([\w-]+)", block)
+            if rule and gpu and run:
+                found[(rule.group(1), run.group(1))] = int(gpu.group(1))
+        return found
+
+    seed = resources(ROOT / "config" / "config.yaml")
+    assert seed[("sample", "qwen-zero3")] == 1 and seed[("sample", "qwen-qlora")] == 1
+    assert seed[("train_grpo", "qwen-zero3")] == 4 and seed[("train_grpo", "qwen-qlora")] == 1
+    rehearsal = resources(ROOT / "config" / "config.yaml", ROOT / "config" / "rehearsal.yaml")
+    assert set(rehearsal.values()) == {0}
+    assert ("train_grpo", "qwen-zero3-colocate") in rehearsal
 
 
 # --- trl vllm-serve flags and GPU split ---------------------------------------------------

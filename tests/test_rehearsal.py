@@ -174,6 +174,10 @@ print(json.dumps(out))
     kinds = json.loads(result.stdout.strip().splitlines()[-1])
     assert "Linear4bit" in kinds["0"] and "PeftModelForCausalLM" not in kinds["0"]
     assert "Linear4bit" in kinds["4"] and "PeftModelForCausalLM" in kinds["4"]
+    # the DAG passed the run's quantization at step 0 too (vLLM's CPU build then says it has none)
+    for step in STEPS:
+        log = (workdir / "logs" / "sample" / f"qwen-qlora-{step}.log").read_text()
+        assert "vLLM's CPU build has no bitsandbytes" in log
 
 
 def test_grpo_moves_the_weights_in_every_mode(rehearsal_dag) -> None:
