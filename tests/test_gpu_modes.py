@@ -23,6 +23,7 @@ from aha.config import batch_notes, completions_per_step, default_devices, run_v
 from aha.launch import LaunchError, train_command
 from aha.sample_vllm import Completion, lora_rank, to_completions
 from aha.vllm_server import server_flags, split_gpus
+from tests.processes import alive, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = "/env/bin/python"
@@ -263,30 +264,6 @@ TRAINER = textwrap.dedent(
         time.sleep(60)
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for a reaper)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 @pytest.fixture

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import rehearsal_python
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "scripts" / "gpu-smoke.sh"
 PREPARE = ROOT / "scripts" / "gpu-smoke-prepare.sh"
-REHEARSAL_PYTHON = ROOT / ".venv-rehearsal" / "bin" / "python"
 # Every stage of a CPU run, in order (`install` runs on the GPU machine only).
 STAGES = [
     "versions",
@@ -38,15 +39,6 @@ STAGES = [
     "zero3-resume",
     "listing",
 ]
-
-
-def rehearsal_python() -> Path:
-    if not REHEARSAL_PYTHON.exists():
-        message = f"{REHEARSAL_PYTHON} is missing (make install-rehearsal)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return REHEARSAL_PYTHON
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ import yaml
 
 from aha.process_tree import descendants
 from tests.conftest import REHEARSAL_CONFIGS, SNAKEFILE, rehearsal_python, snakemake
+from tests.processes import alive
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +57,16 @@ def newest_complete(trainer: Path) -> int:
     return max(steps, default=0)
 
 
-def start(tmp_path: Path, files: list[Path], target: str) -> subprocess.Popen:
-    cmd = [str(rehearsal_python()), "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path)]
-    cmd += ["--configfile", *map(str, files), "--cores", "2", target]
-    return subprocess.Popen(
+def start(tmp_path: Path, run: str) -> tuple[list[Path], subprocess.Popen, Path]:
+    """Build the model and data, then start training `run` in the background: (configs,
+    the snakemake process in a session of its own, the run's trainer folder)."""
+    python = rehearsal_python()
+    files = configs(tmp_path, run)
+    snakemake(tmp_path, "--cores", "2", "results/models/tiny", "results/data/train.parquet",
+              configfile=files, python=python)  # fmt: skip
+    cmd = [str(python), "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path)]
+    cmd += ["--configfile", *map(str, files), "--cores", "2", f"results/runs/{run}/checkpoints"]
+    proc = subprocess.Popen(
         cmd,
         cwd=tmp_path,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -67,6 +74,7 @@ def start(tmp_path: Path, files: list[Path], target: str) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return files, proc, tmp_path / "results" / "runs" / run / "trainer"
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, trainer: Path, step: int) -> None:
@@ -81,18 +89,6 @@ def signal_all(pids: set[int], signum: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signum)
-
-
-def alive(pids: set[int]) -> set[int]:
-    out = set()
-    for pid in pids:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            out.add(pid)
-    return out
 
 
 def rerun_and_check(tmp_path: Path, files: list[Path], run: str, interrupted_at: int) -> None:
@@ -127,12 +123,7 @@ def rerun_and_check(tmp_path: Path, files: list[Path], run: str, interrupted_at:
 
 @pytest.mark.parametrize("run", ["qwen-qlora", "qwen-zero3-colocate"])
 def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
-    python = rehearsal_python()
-    files = configs(tmp_path, run)
-    snakemake(tmp_path, "--cores", "2", "results/models/tiny", "results/data/train.parquet",
-              configfile=files, python=python)  # fmt: skip
-    proc = start(tmp_path, files, f"results/runs/{run}/checkpoints")
-    trainer = tmp_path / "results" / "runs" / run / "trainer"
+    files, proc, trainer = start(tmp_path, run)
     try:
         wait_for_checkpoint(proc, trainer, 4)
         time.sleep(0.5)  # into the next step, or into writing a checkpoint: both must resume
@@ -141,7 +132,7 @@ def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
         signal_all(tree, signal.SIGKILL)
         proc.wait()
     time.sleep(1)
-    assert not alive(tree), "processes of the killed job survived"
+    assert not {pid for pid in tree if alive(pid)}, "processes of the killed job survived"
     killed_at = newest_complete(trainer)
     assert 4 <= killed_at < MAX_STEPS[run]
     if run == "qwen-zero3-colocate":
@@ -151,12 +142,7 @@ def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
 
 def test_preempted_server_run_saves_through_the_live_server_and_resumes(tmp_path: Path) -> None:
     run = "qwen-zero3"
-    python = rehearsal_python()
-    files = configs(tmp_path, run)
-    snakemake(tmp_path, "--cores", "2", "results/models/tiny", "results/data/train.parquet",
-              configfile=files, python=python)  # fmt: skip
-    proc = start(tmp_path, files, f"results/runs/{run}/checkpoints")
-    trainer = tmp_path / "results" / "runs" / run / "trainer"
+    files, proc, trainer = start(tmp_path, run)
     try:
         wait_for_checkpoint(proc, trainer, 2)
         before = newest_complete(trainer)
@@ -168,7 +154,7 @@ def test_preempted_server_run_saves_through_the_live_server_and_resumes(tmp_path
         leftover = descendants(proc.pid) | {proc.pid}
         signal_all(leftover, signal.SIGKILL)
     time.sleep(1)
-    assert not alive(tree), "processes of the preempted job survived"
+    assert not {pid for pid in tree if alive(pid)}, "processes of the preempted job survived"
     saved = newest_complete(trainer)
     assert before < saved < MAX_STEPS[run], "no checkpoint saved on SIGTERM"
     log = (tmp_path / "logs" / "train_grpo" / f"{run}.log").read_text()

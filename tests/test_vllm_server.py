@@ -15,7 +15,6 @@ import inspect
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,6 +28,7 @@ from aha import vllm_server
 from aha.launch import ELASTIC_SHUTDOWN_TIMEOUT_S
 from aha.process_tree import descendants
 from aha.vllm_server import cli_with_vllm_server, run_with_server
+from tests.processes import alive, free_port, wait_until
 
 STANDIN = textwrap.dedent(
     """
@@ -150,30 +150,6 @@ GRANDCHILD = textwrap.dedent(
         time.sleep(0.05)
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    """Running (not gone, not a zombie waiting for a reaper)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
-def wait_until(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def read_json(path: Path) -> dict:
