@@ -38,6 +38,21 @@ def with_change(path: str, value) -> dict:
     return cfg
 
 
+def test_eval_size_may_be_the_whole_test_split_as_the_data_stage_sizes_it() -> None:
+    """2905 x 0.1 = 290.5: the split holds ceil(290.5) = 291 tasks (aha.countdown), so
+    eval_size 291 is valid and 292 is not (round() said 290 and refused 291)."""
+    from aha.countdown import split_indices
+
+    cfg = with_change("dataset.num_samples", 2905)
+    cfg["dataset"]["test_size"] = 0.1
+    cfg["dataset"]["eval_size"] = 291
+    assert len(split_indices(2905, 111, 2905, 0.1, 111, 291).test) == 291
+    check(cfg)
+    cfg["dataset"]["eval_size"] = 292
+    with pytest.raises(ConfigError, match="292 exceeds the test split \\(291 tasks\\)"):
+        check(cfg)
+
+
 @pytest.mark.parametrize(
     ("path", "value", "message"),
     [

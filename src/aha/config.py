@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -198,7 +199,8 @@ def check(config: dict[str, Any]) -> None:
         lo, hi = gen.get(key, [0, 1])
         if lo > hi:
             raise ConfigError(f"dataset.generate.{key}: [{lo}, {hi}] is empty (min > max)")
-    n_test = round(ds.get("num_samples", 0) * ds.get("test_size", 0))
+    # the split's own size: ceil, as datasets' train_test_split and aha.countdown size it
+    n_test = math.ceil(ds.get("num_samples", 0) * ds.get("test_size", 0))
     if {"num_samples", "test_size", "eval_size"} <= ds.keys() and ds["eval_size"] > n_test:
         raise ConfigError(
             f"dataset.eval_size: {ds.get('eval_size')} exceeds the test split ({n_test} tasks)"
