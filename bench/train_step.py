@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from aha import train
+from aha import checkpoints, train
 from aha.config import run_view
 
 PHASES = {
@@ -108,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         train.train(spec, Path(args.data_dir), args.model, out, extra_callbacks=[StepTimer()])
-        log = [json.loads(x) for x in (out / train.LOG_FILE).read_text().splitlines()]
+        log = [json.loads(x) for x in (out / checkpoints.LOG_FILE).read_text().splitlines()]
     lengths = [row["completions/mean_length"] for row in log if "completions/mean_length" in row]
 
     g = view["grpo"]

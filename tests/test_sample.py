@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from aha import sample
+from aha.checkpoints import Manifest
 from aha.sample import ModelRef, SampleError, Sampling
 from tests.test_train import make_tiny_model, write_tasks
 
@@ -67,10 +68,12 @@ def test_resolve_model_reads_manifests(tmp_path: Path, monkeypatch: pytest.Monke
     (run / "checkpoints").mkdir()
     manifest = run / "checkpoints" / "step-4.json"
     # a relative path that does not resolve from here: found beside the manifest instead
-    manifest.write_text(json.dumps({"step": 4, "path": "elsewhere/weights/step-4", "mode": "cpu"}))
+    manifest.write_text(
+        json.dumps({"run": "r", "step": 4, "path": "elsewhere/weights/step-4", "mode": "cpu"})
+    )
     assert sample.resolve_model(str(manifest)) == ModelRef(str(weights.resolve()), mode="cpu")
-    adapter = {"step": 4, "path": str(weights), "is_adapter": True, "base_model": "base/dir"}
-    manifest.write_text(json.dumps({**adapter, "mode": "qlora"}))
+    adapter = {"run": "r", "step": 4, "path": str(weights), "is_adapter": True, "mode": "qlora"}
+    manifest.write_text(json.dumps({**adapter, "base_model": "base/dir"}))
     assert sample.resolve_model(str(manifest)) == ModelRef(str(weights), "base/dir", True, "qlora")
     manifest.write_text(json.dumps({**adapter, "base_model": None}))
     with pytest.raises(SampleError, match="without base_model"):
@@ -175,12 +178,7 @@ def test_adapter_checkpoint_loads_on_its_base(
     adapter_dir = tmp_path / "run" / "weights" / "step-2"
     get_peft_model(base, lora).save_pretrained(adapter_dir)
     manifest = tmp_path / "run" / "checkpoints" / "step-2.json"
-    manifest.parent.mkdir(parents=True)
-    manifest.write_text(
-        json.dumps(
-            {"step": 2, "path": str(adapter_dir), "is_adapter": True, "base_model": str(tiny_model)}
-        )
-    )
+    Manifest("r", 2, "qlora", str(adapter_dir), str(tiny_model), is_adapter=True).write(manifest)
     cfg = Sampling(k=2, temperature=1.0, max_new_tokens=6, batch_size=10)
     with_adapter = sample.sample(str(manifest), eval_path, cfg, "r", 2, tmp_path / "a.jsonl", "hf")
     plain = sample.sample(str(tiny_model), eval_path, cfg, "r", 0, tmp_path / "b.jsonl", "hf")

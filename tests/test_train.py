@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from aha import prompts, train
+from aha import checkpoints, prompts, train
 from aha.train import RunSpec, TrainError
 
 CHAT_TEMPLATE = (
@@ -296,38 +296,6 @@ def test_completion_sampler_writes_successes_and_respects_cap(tmp_path: Path) ->
     assert (tmp_path / train.SAMPLES_FILE).stat().st_size < 200 + 2 * len(good) + 100
 
 
-def test_partial_checkpoints_are_not_resumed(tmp_path: Path) -> None:
-    for step, state in ((2, {"global_step": 2}), (4, {"global_step": 4}), (6, None)):
-        ckpt = tmp_path / f"checkpoint-{step}"
-        ckpt.mkdir()
-        if state:
-            (ckpt / "trainer_state.json").write_text(json.dumps(state))
-    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"global_st')  # cut short
-    assert train.newest_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
-    removed = train.remove_partial_checkpoints(tmp_path)
-    assert sorted(p.name for p in removed) == ["checkpoint-4", "checkpoint-6"]
-    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-2"]
-
-
-def test_export_weights_skips_trainer_state(tmp_path: Path) -> None:
-    ckpt = tmp_path / "trainer" / "checkpoint-3"
-    (ckpt / "global_step3").mkdir(parents=True)
-    names = ("model.safetensors", "config.json", "optimizer.pt", "rng_state.pth", "latest")
-    for name in (*names, "training_args.bin"):
-        (ckpt / name).write_text(name)
-    (ckpt / train.STATE_FILE).write_text('{"train_seconds": 1.5}')
-    dest = train.export_weights(ckpt, tmp_path / "weights" / "step-3")
-    assert sorted(p.name for p in dest.iterdir()) == [
-        train.STATE_FILE,
-        "config.json",
-        "model.safetensors",
-    ]
-    assert json.loads((dest / train.STATE_FILE).read_text()) == {"step": 3, "train_seconds": 1.5}
-    (ckpt / "model.safetensors").unlink()  # ZeRO-3 without 16-bit consolidation
-    with pytest.raises(TrainError, match="zero3_save_16bit_model"):
-        train.export_weights(ckpt, tmp_path / "weights" / "step-3b")
-
-
 # ----------------------------------------------------------------------------- real CPU runs
 
 
@@ -488,9 +456,9 @@ def test_cli_sigterm_saves_checkpoint_and_exits_nonzero(
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM" in stderr
-    checkpoints = list((out / "trainer").glob("checkpoint-*"))
-    assert len(checkpoints) == 1 and train.is_complete(checkpoints[0])
-    assert 1 <= train.checkpoint_step(checkpoints[0]) < 200
+    found = list((out / "trainer").glob("checkpoint-*"))
+    assert len(found) == 1 and checkpoints.is_complete(found[0])
+    assert 1 <= checkpoints.checkpoint_step(found[0]) < 200
     assert not (out / "checkpoints").exists()
 
 

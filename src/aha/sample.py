@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import prompts, rewards
+from aha.checkpoints import CheckpointError, Manifest
 from aha.sample_vllm import Completion
 
 if TYPE_CHECKING:
@@ -115,8 +116,8 @@ class ModelRef:
 def resolve_model(arg: str) -> ModelRef:
     """A manifest path -> its weights (and base for adapters); anything else is a model as is.
 
-    The manifest's `path` is relative to the working directory the workflow runs in; if the
-    run folder was moved, the weights are looked up beside the manifest (../weights/step-N).
+    Manifests are `aha.checkpoints.Manifest`s: their weights are looked up beside them if the
+    run folder was moved.
     """
     path = Path(arg)
     if path.suffix != ".json":
@@ -128,24 +129,12 @@ def resolve_model(arg: str) -> ModelRef:
             except gpu.GpuEnvError as err:
                 raise SampleError(str(err)) from None
         return ModelRef(arg)
-    if not path.is_file():
-        raise SampleError(f"{arg}: no such checkpoint manifest")
     try:
-        manifest = json.loads(path.read_text())
-        weights = Path(manifest["path"])
-        step = int(manifest["step"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise SampleError(f"{arg}: not a checkpoint manifest ({err})") from None
-    if not weights.is_dir():
-        beside = path.resolve().parent.parent / "weights" / f"step-{step}"
-        if not beside.is_dir():
-            raise SampleError(f"{arg}: its weights {weights} are missing")
-        weights = beside
-    is_adapter = bool(manifest.get("is_adapter"))
-    base = manifest.get("base_model")
-    if is_adapter and not base:
-        raise SampleError(f"{arg}: an adapter checkpoint without base_model")
-    return ModelRef(str(weights), base if is_adapter else None, is_adapter, manifest.get("mode"))
+        manifest = Manifest.read(path)
+    except CheckpointError as err:
+        raise SampleError(str(err)) from None
+    base = manifest.base_model if manifest.is_adapter else None
+    return ModelRef(manifest.path, base, manifest.is_adapter, manifest.mode)
 
 
 def load_tasks(path: Path) -> pd.DataFrame:

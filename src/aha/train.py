@@ -1,16 +1,10 @@
 """Stage `train`: GRPO training of one run with TRL, checkpoints at exactly the configured steps.
 
-Layout of a run folder (`--out-dir`, results/runs/{run}):
-
-- `trainer/`: TRL's output_dir (checkpoint-N with optimizer and rng state). Not a declared
-  output, so Snakemake never deletes it: a rerun resumes from its newest complete checkpoint.
-- `weights/step-N/`: the model (or LoRA adapter) and tokenizer of each configured step, copied
-  out of `trainer/checkpoint-N` at save time, so `save_total_limit` rotation cannot delete it.
-- `checkpoints/step-N.json`: the declared outputs, one manifest per configured step, rewritten
-  from `weights/` at the end of every run (Snakemake deletes them before a rerun).
-- `train_log.jsonl`: TRL's log history, rewritten from the trainer state on every log, so a
-  resumed run (whose state comes from its checkpoint) still holds the whole history once.
-- `completion_samples/`: random completions and successful ones, like the seed's script.
+The run folder (`--out-dir`, results/runs/{run}) is laid out by `aha.checkpoints`: TRL's
+`trainer/`, the configured steps' `weights/step-N/`, the declared `checkpoints/step-N.json`
+manifests and `train_log.jsonl` (rewritten from the trainer state on every log, so a resumed
+run still holds the whole history once). `completion_samples/` holds random completions and
+successful ones, like the seed's script.
 
 SIGTERM or SIGINT (SLURM preemption, a killed snakemake) asks the trainer to save a checkpoint
 at the end of the current step and stop; the process then exits non-zero so the job counts as
@@ -29,18 +23,31 @@ import json
 import logging
 import os
 import random
-import re
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import prompts, rewards
+from aha.checkpoints import (
+    LOG_FILE,
+    STATE_FILE,
+    TRAINER_DIR,
+    WEIGHTS_DIR,
+    CheckpointError,
+    checkpoint_step,
+    export_weights,
+    newest_checkpoint,
+    read_state_file,
+    recover_weights,
+    remove_partial_checkpoints,
+    write_log_history,
+    write_manifests,
+)
 from aha.config import DEVICES, MODES
 from aha.config import quantization_kwargs as config_quantization
 
@@ -50,29 +57,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aha.train")
 
-TRAINER_DIR = "trainer"
-WEIGHTS_DIR = "weights"
-MANIFEST_DIR = "checkpoints"
-LOG_FILE = "train_log.jsonl"
 SAMPLES_DIR = "completion_samples"
 SAMPLES_FILE = "completion_samples.txt"
 SUCCESS_FILE = "success_completion_samples.txt"
-STATE_FILE = "aha_state.json"  # in each checkpoint-N and weights/step-N: training seconds so far
-# Top-level files of a checkpoint-N that are trainer or DeepSpeed state, not the model.
-_STATE_FILES = frozenset(
-    {
-        "optimizer.pt",
-        "scheduler.pt",
-        "scaler.pt",
-        "trainer_state.json",
-        "training_args.bin",
-        "latest",
-        "zero_to_fp32.py",
-        "zero_to_torch.py",
-        STATE_FILE,
-    }
-)
-_CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 # transformers 5: `gradient_checkpointing` is a deprecated alias of `activation_checkpointing`;
 # TRL's config still defaults the alias to True, so a mode default must set the new name.
 _CHECKPOINTING_KEYS = ("activation_checkpointing", "gradient_checkpointing")
@@ -380,143 +367,6 @@ def reward_funcs(sampler: CompletionSampler | None) -> list[Callable[..., list[f
     return [rewards.format_reward, EquationReward(sampler)]
 
 
-# ----------------------------------------------------------------------------- checkpoints on disk
-
-
-def checkpoint_step(path: Path) -> int | None:
-    m = _CHECKPOINT_RE.fullmatch(path.name)
-    return int(m.group(1)) if m and path.is_dir() else None
-
-
-def is_complete(checkpoint: Path) -> bool:
-    """Trainer writes trainer_state.json last: a checkpoint without a readable one is partial."""
-    try:
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return state.get("global_step") == checkpoint_step(checkpoint)
-
-
-def newest_checkpoint(trainer_dir: Path) -> Path | None:
-    """The newest complete checkpoint-N under `trainer_dir`, or None."""
-    if not trainer_dir.is_dir():
-        return None
-    found = [(checkpoint_step(p), p) for p in trainer_dir.iterdir() if checkpoint_step(p)]
-    complete = [(s, p) for s, p in found if is_complete(p)]
-    return max(complete)[1] if complete else None
-
-
-def remove_partial_checkpoints(trainer_dir: Path) -> list[Path]:
-    """Delete checkpoint-N dirs a kill left half-written; they would confuse resume and rotation."""
-    removed = []
-    if trainer_dir.is_dir():
-        for path in trainer_dir.iterdir():
-            if checkpoint_step(path) is not None and not is_complete(path):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    return removed
-
-
-def read_state_file(directory: Path) -> dict[str, Any]:
-    try:
-        return json.loads((directory / STATE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def export_weights(checkpoint: Path, dest: Path) -> Path:
-    """Copy the model files of `checkpoint` (no optimizer/rng/DeepSpeed state) to `dest`, atomically.
-
-    Copied into a temporary sibling and renamed, so `dest` is either absent or complete.
-    """
-    files = [p for p in checkpoint.iterdir() if p.is_file() and p.name not in _STATE_FILES]
-    if not any(p.suffix in (".safetensors", ".bin") for p in files):
-        raise TrainError(
-            f"{checkpoint}: no model weights (only sharded DeepSpeed state?); set "
-            "zero3_save_16bit_model: true in the accelerate config so checkpoints are loadable"
-        )
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for item in sorted(checkpoint.iterdir()):
-        if (
-            item.is_file()
-            and item.name not in _STATE_FILES
-            and not item.name.startswith("rng_state")
-        ):
-            shutil.copy2(item, tmp / item.name)
-    state = read_state_file(checkpoint)
-    (tmp / STATE_FILE).write_text(json.dumps({"step": checkpoint_step(checkpoint), **state}) + "\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
-    return dest
-
-
-def write_manifests(spec: RunSpec, out_dir: Path, base_model: str) -> list[Path]:
-    """checkpoints/step-N.json for every configured step, from the weights dirs (must exist)."""
-    manifest_dir = out_dir / MANIFEST_DIR
-    manifest_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {f"step-{s}.json" for s in spec.checkpoints}
-    for stale in manifest_dir.glob("step-*.json"):
-        if stale.name not in wanted:
-            stale.unlink()
-    written = []
-    for step in spec.checkpoints:
-        weights = out_dir / WEIGHTS_DIR / f"step-{step}"
-        if not weights.is_dir():
-            raise TrainError(
-                f"{weights}: missing, so checkpoint {step} cannot be declared; delete "
-                f"{out_dir / TRAINER_DIR} to train this run again from scratch"
-            )
-        meta = read_state_file(weights)
-        manifest = {
-            "run": spec.name,
-            "step": step,
-            "mode": spec.mode,
-            "path": str(weights),
-            "base_model": base_model,
-            "is_adapter": (weights / "adapter_config.json").is_file(),
-            "train_seconds": meta.get("train_seconds"),
-            "saved_at": meta.get("saved_at"),
-        }
-        path = manifest_dir / f"step-{step}.json"
-        _write_atomic(path, json.dumps(manifest, indent=2) + "\n")
-        written.append(path)
-    return written
-
-
-def recover_weights(spec: RunSpec, out_dir: Path, done_step: int) -> None:
-    """Before resuming at `done_step`: every configured step up to it needs its weights dir.
-
-    A kill between saving checkpoint-N and copying it out leaves the copy to do here.
-    """
-    for step in spec.checkpoints:
-        weights = out_dir / WEIGHTS_DIR / f"step-{step}"
-        if step > done_step or weights.is_dir():
-            continue
-        checkpoint = out_dir / TRAINER_DIR / f"checkpoint-{step}"
-        if not is_complete(checkpoint):
-            raise TrainError(
-                f"checkpoint {step} was passed (resuming at step {done_step}) but neither "
-                f"{weights} nor {checkpoint} exists; delete {out_dir / TRAINER_DIR} to retrain"
-            )
-        log.info("recovering %s from %s", weights, checkpoint)
-        export_weights(checkpoint, weights)
-
-
-def write_log_history(path: Path, history: Iterable[dict[str, Any]]) -> None:
-    """TRL's log history as JSON lines, TRL's key names kept, replacing the file atomically."""
-    _write_atomic(path, "".join(json.dumps(row, sort_keys=True) + "\n" for row in history))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- callbacks
 
 
@@ -652,12 +502,12 @@ def train(
     if resume is not None:
         log.info("resuming from %s (step %d of %d)", resume, done, spec.max_steps)
         if is_main:
-            recover_weights(spec, out_dir, done)
+            recover_weights(spec.checkpoints, out_dir, done)
     if done >= spec.max_steps:  # finished before; only the declared outputs are missing
         state = json.loads((resume / "trainer_state.json").read_text())
         if is_main:
             write_log_history(out_dir / LOG_FILE, state.get("log_history", []))
-            manifests = write_manifests(spec, out_dir, model)
+            manifests = write_manifests(spec.name, spec.mode, spec.checkpoints, out_dir, model)
         return TrainResult(done, None, str(resume), manifests if is_main else [])
 
     from transformers import AutoTokenizer, set_seed
@@ -715,7 +565,9 @@ def train(
             "stopped by %s at step %d; a rerun resumes from checkpoint-%d", name, step, step
         )
         return TrainResult(step, name, str(resume) if resume else None, [])
-    manifests = write_manifests(spec, out_dir, model) if is_main else []
+    manifests = (
+        write_manifests(spec.name, spec.mode, spec.checkpoints, out_dir, model) if is_main else []
+    )
     accelerator.wait_for_everyone()
     return TrainResult(step, None, str(resume) if resume else None, manifests)
 
@@ -767,7 +619,7 @@ def cli(argv: list[str], prog: str) -> None:
         )
     except json.JSONDecodeError as err:
         raise SystemExit(f"{prog}: --run-spec is not JSON: {err}") from None
-    except TrainError as err:
+    except (TrainError, CheckpointError) as err:
         raise SystemExit(f"{prog}: {err}") from None
     if result.stopped_by is not None:
         print(
