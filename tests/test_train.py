@@ -325,19 +325,19 @@ def test_cpu_run_checkpoints_exactly_at_configured_steps(
             p.name for p in weights.iterdir()
         }
         assert not list(weights.glob("optimizer*")) and manifest["train_seconds"] > 0
-    # save_steps=3 gives TRL's checkpoint-3; ours are 2 and 4 (the last step is always saved)
+    # save_steps=3 gives TRL's checkpoint-3; ours are 2 and 4 (the last step is always saved).
+    # save_total_limit 2 (the default of every mode) rotated checkpoint-2 away: its weights
+    # were exported when it was saved, and are the step's, not the final model's
     assert sorted(p.name for p in (out / "trainer").glob("checkpoint-*")) == [
-        "checkpoint-2",
         "checkpoint-3",
         "checkpoint-4",
     ]
-    # the exported step-2 weights are the checkpoint's, not the final model's
     from safetensors.torch import load_file
 
     w2 = load_file(out / "weights" / "step-2" / "model.safetensors")
     w4 = load_file(out / "weights" / "step-4" / "model.safetensors")
-    c2 = load_file(out / "trainer" / "checkpoint-2" / "model.safetensors")
-    assert all((w2[k] == c2[k]).all() for k in c2)
+    c4 = load_file(out / "trainer" / "checkpoint-4" / "model.safetensors")
+    assert all((w4[k] == c4[k]).all() for k in c4)
     assert any((w2[k] != w4[k]).any() for k in w2)
 
     log = read_jsonl(out / "train_log.jsonl")
