@@ -181,3 +181,16 @@ def test_lint_is_clean(tmp_path: Path) -> None:
     proc = snakemake(tmp_path, "--lint", configfile=None, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_a_cpu_rehearsal_refuses_a_head_size_vllm_cannot_run_unless_sampling_uses_hf() -> None:
+    """On `device: cpu` the `auto` sampler picks vLLM's CPU build, whose attention takes head
+    sizes 32, 64, 80, ...: the tiny default's 192 / 4 = 48 fails at DAG build, not in a job."""
+    cfg = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
+    cfg["device"] = "cpu"
+    cfg["runs"]["z"] = {"mode": "zero3", "grpo": {"max_steps": 450}}
+    cfg["sampling"]["backend"] = "auto"
+    with pytest.raises(ConfigError, match="head size 48"):
+        check(cfg)
+    cfg["sampling"]["backend"] = "hf"
+    check(cfg)

@@ -211,7 +211,8 @@ def check(config: dict[str, Any]) -> None:
 
 def _check_vllm_cpu_heads(config: dict[str, Any]) -> None:
     """A CPU rehearsal that samples or generates with vLLM needs a head size vLLM's CPU takes."""
-    vllm = config.get("sampling", {}).get("backend") == "vllm" or any(
+    # `auto` takes vLLM on a rehearsal wherever it is installed (aha.sample.choose_backend)
+    vllm = config.get("sampling", {}).get("backend", "auto") != "hf" or any(
         (spec.get("grpo") or {}).get("use_vllm") for spec in config["runs"].values()
     )
     tiny = config["model"].get("tiny", {})
