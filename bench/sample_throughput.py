@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from aha import sample
+from aha.sections import Sampling, section
 
 
 def main() -> None:
@@ -39,7 +40,7 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = sample.Sampling.from_dict(yaml.safe_load(Path(args.config).read_text())["sampling"])
+    cfg = section(Sampling, yaml.safe_load(Path(args.config).read_text())["sampling"])
     tasks = sample.load_tasks(Path(args.eval)).head(args.prompts)
     model, tokenizer = sample.load_hf(sample.ModelRef(args.model))
     texts = sample.render_prompts(tokenizer, tasks)

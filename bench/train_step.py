@@ -30,6 +30,7 @@ import yaml
 
 from aha import checkpoints, train
 from aha.config import run_view
+from aha.sections import RunSpec
 
 PHASES = {
     "generate": "_generate_single_turn",
@@ -78,7 +79,7 @@ def main() -> None:
     view = run_view(config, run)
     view["grpo"].update(max_steps=args.steps, logging_steps=1, save_steps=10**6)
     view["checkpoints"] = [args.steps]
-    spec = train.RunSpec.from_dict(view)
+    spec = RunSpec.from_view(view)
 
     timers: dict[str, float] = defaultdict(float)
     instrument(timers)

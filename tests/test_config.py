@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import yaml
 from snakemake.utils import validate
 
 from aha.config import ConfigError, check, generation_batch_size, run_view, schema_error, steps
+from aha.sections import SECTIONS, DatasetConfig, section
 from tests.conftest import ROOT, snakemake
 
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -194,3 +198,70 @@ def test_a_cpu_rehearsal_refuses_a_head_size_vllm_cannot_run_unless_sampling_use
         check(cfg)
     cfg["sampling"]["backend"] = "hf"
     check(cfg)
+
+
+# ----------------------------------------------------------------------------- one home per knob
+
+
+def schema_leaves(props: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> default of every schema key that is not itself a section."""
+    leaves: dict[str, object] = {}
+    for key, sub in props.items():
+        if "properties" in sub:
+            leaves |= schema_leaves(sub["properties"], f"{prefix}{key}.")
+        elif "default" in sub:
+            leaves[prefix + key] = sub["default"]
+    return leaves
+
+
+def readme_defaults() -> dict[str, object]:
+    """Dotted key -> default as config/README.md's key tables state it."""
+    text = (ROOT / "config" / "README.md").read_text()
+    rows: dict[str, object] = {}
+    section = ""
+    for line in text.splitlines():
+        if heading := re.match(r"### `([a-z_]+)`", line):
+            section = heading.group(1) + "."
+        elif line.startswith("### "):
+            section = ""
+        elif cells := re.match(r"\| `([\w.]+)` \| `([^`]*)` \|", line):
+            rows[section + cells.group(1)] = yaml.safe_load(cells.group(2))
+    return rows
+
+
+def test_every_schema_default_is_documented_as_the_schema_gives_it() -> None:
+    leaves = schema_leaves(yaml.safe_load(SCHEMA.read_text())["properties"])
+    documented = readme_defaults()
+    assert {k: documented.get(k, "(missing)") for k in leaves} == leaves
+
+
+@pytest.mark.parametrize("cls", list(SECTIONS))
+def test_each_section_has_one_field_per_schema_key_and_builds_from_defaults_alone(cls) -> None:
+    path, _ = SECTIONS[cls]
+    schema = yaml.safe_load(SCHEMA.read_text())
+    for key in path:
+        schema = schema["properties"][key]
+
+    def names(c: type, sub: dict) -> None:
+        assert [f.name for f in dataclasses.fields(c)] == list(sub["properties"]), c.__name__
+        for f in dataclasses.fields(c):
+            if dataclasses.is_dataclass(inner := typing.get_type_hints(c)[f.name]):
+                names(inner, sub["properties"][f.name])
+
+    names(cls, schema)
+    built = section(cls, {})
+    leaves = schema_leaves(schema["properties"])
+    for dotted, default in leaves.items():
+        value = built
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        assert value == (tuple(default) if isinstance(default, list) else default), dotted
+
+
+def test_a_stage_run_by_hand_gets_the_dags_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^dataset\.generate\.target_range: \[9, 1\] is empty"):
+        section(DatasetConfig, {"generate": {"target_range": [9, 1]}})
+    with pytest.raises(ConfigError, match=r"^dataset\.num_samples: 1 is less than the minimum"):
+        section(DatasetConfig, {"num_samples": 1})
+    with pytest.raises(ConfigError, match=r"^dataset\.generate\.num_tasks: 10 is below"):
+        section(DatasetConfig, {"num_samples": 20, "generate": {"num_tasks": 10}})

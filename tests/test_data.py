@@ -147,7 +147,7 @@ def test_hub_offline_names_the_fix(tmp_path: Path) -> None:
         ({"source": "web"}, r"dataset\.source"),
         ({"source": "path"}, r"dataset\.path: required"),
         ({"num_samples": 20000}, r"only 16206 distinct .* dataset\.num_samples"),
-        ({"eval_size": 100}, r"dataset\.eval_size \(100\) exceeds the test split \(60"),
+        ({"eval_size": 100}, r"dataset\.eval_size: 100 exceeds the test split \(60 tasks\)"),
         ({"generate": {"number_range": [9, 1]}}, r"dataset\.generate\.number_range"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -10,7 +11,9 @@ import pytest
 
 from aha import sample
 from aha.checkpoints import Manifest
-from aha.sample import ModelRef, SampleError, Sampling
+from aha.config import ConfigError
+from aha.sample import ModelRef, SampleError
+from aha.sections import Sampling, section
 from tests.test_train import make_tiny_model, write_tasks
 
 CFG = {"k": 3, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 8, "batch_size": 4, "seed": 5}
@@ -34,17 +37,18 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def test_sampling_config_is_checked() -> None:
-    assert Sampling.from_dict(CFG) == Sampling(3, 1.0, 1.0, 8, 4, 5)
-    assert Sampling.from_dict({}).k == 8  # schema defaults
+    assert section(Sampling, CFG) == Sampling(3, 1.0, 1.0, 8, 4, 5, "auto")
+    assert section(Sampling, {}).k == 8  # schema defaults
     for bad, message in (
-        ({"k": 0}, "sampling.k"),
-        ({"top_p": 0}, "sampling.top_p"),
-        ({"temperature": -1}, "sampling.temperature"),
-        ({"temperature": "hot"}, "sampling.temperature"),
-        ({"beams": 2}, "unknown keys beams"),
+        ({"k": 0}, "sampling.k: 0 is less than the minimum of 1"),
+        ({"top_p": 0}, "sampling.top_p: 0 is less than or equal to the minimum of 0"),
+        ({"temperature": -1}, "sampling.temperature: -1 is less than the minimum"),
+        ({"temperature": "hot"}, "sampling.temperature: 'hot' is not of type 'number'"),
+        ({"beams": 2}, "sampling.beams: unknown key"),
+        ({"backend": "tgi"}, "sampling.backend: 'tgi' is not one of"),
     ):
-        with pytest.raises(SampleError, match=message):
-            Sampling.from_dict(bad)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            section(Sampling, bad)
 
 
 def test_split_completion_stops_at_first_stop_token() -> None:
@@ -85,7 +89,7 @@ def test_resolve_model_reads_manifests(tmp_path: Path, monkeypatch: pytest.Monke
 def test_vllm_backend_without_vllm_names_the_fix(tiny_model: Path, eval_path: Path) -> None:
     with pytest.raises(SampleError, match=r"vllm.*--backend hf"):
         sample._sample_vllm(
-            ModelRef(str(tiny_model)), sample.load_tasks(eval_path), Sampling(), None, "cuda"
+            ModelRef(str(tiny_model)), sample.load_tasks(eval_path), section(Sampling), None, "cuda"
         )
     assert sample.choose_backend("auto") == "hf"  # no CUDA, no vllm here
     assert sample.choose_backend("auto", "cpu") == "hf"  # a rehearsal without vllm installed
@@ -143,7 +147,7 @@ def test_truncated_flag_and_token_counts(tiny_model: Path, eval_path: Path) -> N
             nxt = int(model(input_ids=ids).logits[0, -1].argmax())
             greedy_tokens.append(nxt)
             ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
-    greedy = Sampling(k=2, temperature=0.0, max_new_tokens=6, batch_size=2)
+    greedy = section(Sampling, {"k": 2, "temperature": 0.0, "max_new_tokens": 6, "batch_size": 2})
 
     def run_with_stop(stop: int) -> list:
         model.generation_config.eos_token_id = [stop]
@@ -179,7 +183,7 @@ def test_adapter_checkpoint_loads_on_its_base(
     get_peft_model(base, lora).save_pretrained(adapter_dir)
     manifest = tmp_path / "run" / "checkpoints" / "step-2.json"
     Manifest("r", 2, "qlora", str(adapter_dir), str(tiny_model), is_adapter=True).write(manifest)
-    cfg = Sampling(k=2, temperature=1.0, max_new_tokens=6, batch_size=10)
+    cfg = section(Sampling, {"k": 2, "temperature": 1.0, "max_new_tokens": 6, "batch_size": 10})
     with_adapter = sample.sample(str(manifest), eval_path, cfg, "r", 2, tmp_path / "a.jsonl", "hf")
     plain = sample.sample(str(tiny_model), eval_path, cfg, "r", 0, tmp_path / "b.jsonl", "hf")
     assert len(with_adapter) == len(plain) == 10

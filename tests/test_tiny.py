@@ -14,6 +14,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from aha import countdown, prompts, rewards, tiny, traces
+from aha.config import ConfigError
+from aha.sections import TinySpec, section
 
 TASKS = [([12, 7, 3], 27), ([4, 1, 9], 14), ([20, 14, 1], 7), ([6, 2, 9], 72), ([5, 4, 1], 25)]
 SMALL = {
@@ -54,7 +56,7 @@ def trained_tokenizer() -> PreTrainedTokenizerFast:
 def tokenizer_dir(tmp_path_factory, trained_tokenizer) -> Path:
     """Tokenizer saved beside a qwen2 config.json, as in the real model directory."""
     out = tmp_path_factory.mktemp("tok")
-    spec = tiny.TinySpec.from_dict({k: v for k, v in SMALL.items() if k != "warm_start"})
+    spec = section(TinySpec, {k: v for k, v in SMALL.items() if k != "warm_start"})
     tiny.build_model(spec, trained_tokenizer, seed=0).save_pretrained(out)
     tiny.save_tokenizer(trained_tokenizer, out)
     return out
@@ -247,7 +249,7 @@ def test_answer_slip_writes_the_last_step_which_the_equation_reward_refuses():
 
 def test_slip_rate_changes_answers_only() -> None:
     frame = pd.DataFrame({"nums": [[9, 4, 1], [3, 5, 7], [2, 2, 5]], "target": [14, 22, 6]})
-    base = tiny.WarmStart(num_traces=300, give_up_rate=0.5)
+    base = dataclasses.replace(section(TinySpec, {}).warm_start, num_traces=300, give_up_rate=0.5)
     half = tiny.make_traces(frame, dataclasses.replace(base, answer_slip_rate=0.5), seed=1)
     none = tiny.make_traces(frame, base, seed=1)
     assert 100 < sum(t.slipped for t in half) < 200 and not any(t.slipped for t in none)
@@ -260,14 +262,18 @@ def test_slip_rate_changes_answers_only() -> None:
 # ----------------------------------------------------------------------------- spec + build
 
 
-def test_spec_refuses_unknown_keys():
-    with pytest.raises(ValueError, match=r"model\.tiny: unknown key\(s\) hidden"):
-        tiny.TinySpec.from_dict({"hidden": 3})
-    with pytest.raises(ValueError, match=r"warm_start: unknown key\(s\) steps"):
-        tiny.TinySpec.from_dict({"warm_start": {"steps": 3}})
-    spec = tiny.TinySpec.from_dict(SMALL)
+def test_spec_refuses_unknown_keys_and_bad_values_and_takes_schema_defaults():
+    with pytest.raises(ConfigError, match=r"^model\.tiny\.hidden: unknown key"):
+        section(TinySpec, {"hidden": 3})
+    with pytest.raises(ConfigError, match=r"^model\.tiny\.warm_start\.steps: unknown key"):
+        section(TinySpec, {"warm_start": {"steps": 3}})
+    with pytest.raises(ConfigError, match=r"^model\.tiny\.num_key_value_heads: 3 must divide"):
+        section(TinySpec, {"num_attention_heads": 4, "num_key_value_heads": 3})
+    with pytest.raises(ConfigError, match=r"^model\.tiny\.warm_start\.give_up_rate: 2 is greater"):
+        section(TinySpec, {"warm_start": {"give_up_rate": 2}})
+    spec = section(TinySpec, SMALL)
     assert spec.hidden_size == 32 and spec.warm_start.max_steps == 20
-    assert spec.warm_start.learning_rate == tiny.WarmStart().learning_rate
+    assert spec.warm_start.learning_rate == 0.002  # the schema's default
 
 
 def test_split_tasks_holds_out_at_most_a_fifth_and_never_overlaps():

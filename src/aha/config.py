@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import ValidationError, best_match
 
 MODES = ("cpu", "qlora", "zero3")
@@ -29,23 +29,69 @@ VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 DEFAULT_GPUS = {"cpu": 0, "qlora": 1, "zero3": 4}
 
 
+# The one schema: Snakemake validates the whole config with it at DAG build, and a stage run by
+# hand validates its own section with it (aha.sections). It lives with the workflow, as
+# Snakemake's conventions want; the package is installed from this repository (`pip install -e`).
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; the message names the key."""
 
 
-def schema_error(config: dict[str, Any], schema_path: str | Path) -> str | None:
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"config schema not found at {path}: install the package from its repository "
+            "(pip install -e .) so the workflow's schema sits beside it"
+        )
+    return yaml.safe_load(path.read_text())
+
+
+def schema_error(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> str | None:
     """One line naming the offending key, or None if `config` fits the schema.
 
     Snakemake's `validate` (which also fills defaults) reports an unknown top-level key by
     printing the whole schema; this says the same in one line first.
     """
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    error = best_match(Draft202012Validator(schema).iter_errors(config))
+    error = best_match(Draft202012Validator(load_schema(schema_path)).iter_errors(config))
     return None if error is None else _describe(error)
 
 
-def _describe(error: ValidationError) -> str:
-    where = ".".join(str(p) for p in error.absolute_path)
+def _with_defaults(validator_class: Any) -> Any:
+    """A validator that writes each absent property's `default` into the instance before it
+    descends into it, so nested sections (`default: {}`) get their own defaults too."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def properties(validator: Any, props: dict, instance: Any, schema: dict) -> Any:
+        if isinstance(instance, dict):
+            for name, sub in props.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, props, instance, schema)
+
+    return validators.extend(validator_class, {"properties": properties})
+
+
+_FillingValidator = _with_defaults(Draft202012Validator)
+
+
+def validate_section(path: tuple[str, ...], raw: dict[str, Any]) -> dict[str, Any]:
+    """`raw`, the config section at `path` (e.g. ("model", "tiny")), checked against the
+    schema and completed with its defaults; ConfigError with one line naming the key."""
+    schema = load_schema()
+    for key in path:
+        schema = schema["properties"][key]
+    filled = copy.deepcopy(raw)
+    error = best_match(_FillingValidator(schema).iter_errors(filled))
+    if error is not None:
+        raise ConfigError(_describe(error, prefix=path))
+    return filled
+
+
+def _describe(error: ValidationError, prefix: tuple[str, ...] = ()) -> str:
+    where = ".".join(str(p) for p in (*prefix, *error.absolute_path))
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(error.instance) - set(allowed))
@@ -181,17 +227,28 @@ def check(config: dict[str, Any]) -> None:
         raise ConfigError("runs: at least one run is required")
     model = config.get("model", {})
     if model.get("source") == "tiny":
-        tiny = model.get("tiny", {})
-        heads, kv = tiny.get("num_attention_heads", 1), tiny.get("num_key_value_heads", 1)
-        if heads % kv:
-            raise ConfigError(
-                f"model.tiny.num_key_value_heads: {kv} must divide num_attention_heads ({heads})"
-            )
-        if tiny.get("hidden_size", heads) % heads:
-            raise ConfigError("model.tiny.hidden_size: must be a multiple of num_attention_heads")
+        check_tiny(model.get("tiny", {}))
     if config.get("device") == "cpu" and model.get("source") == "tiny":
         _check_vllm_cpu_heads(config)
-    ds = config.get("dataset", {})
+    check_dataset(config.get("dataset", {}))
+    for name, spec in runs.items():
+        _check_run(config, name, spec)
+
+
+def check_tiny(tiny: dict[str, Any]) -> None:
+    """model.tiny: heads that split the hidden size and share key/value heads evenly."""
+    heads, kv = tiny.get("num_attention_heads", 1), tiny.get("num_key_value_heads", 1)
+    if heads % kv:
+        raise ConfigError(
+            f"model.tiny.num_key_value_heads: {kv} must divide num_attention_heads ({heads})"
+        )
+    if tiny.get("hidden_size", heads) % heads:
+        raise ConfigError("model.tiny.hidden_size: must be a multiple of num_attention_heads")
+
+
+def check_dataset(ds: dict[str, Any]) -> None:
+    """dataset: a path where the source needs one, ranges that hold a value, an eval subset
+    the test split can hold, enough generated tasks to draw num_samples from."""
     if ds.get("source") == "path" and not ds.get("path"):
         raise ConfigError("dataset.path: required when dataset.source is 'path'")
     gen = ds.get("generate", {})
@@ -199,14 +256,17 @@ def check(config: dict[str, Any]) -> None:
         lo, hi = gen.get(key, [0, 1])
         if lo > hi:
             raise ConfigError(f"dataset.generate.{key}: [{lo}, {hi}] is empty (min > max)")
-    # the split's own size: ceil, as datasets' train_test_split and aha.countdown size it
+    num_tasks, num_samples = gen.get("num_tasks"), ds.get("num_samples")
+    if num_tasks is not None and num_samples is not None and num_tasks < num_samples:
+        raise ConfigError(
+            f"dataset.generate.num_tasks: {num_tasks} is below dataset.num_samples ({num_samples})"
+        )
+    # the split's own size: ceil, as datasets' train_test_split and the data stage size it
     n_test = math.ceil(ds.get("num_samples", 0) * ds.get("test_size", 0))
     if {"num_samples", "test_size", "eval_size"} <= ds.keys() and ds["eval_size"] > n_test:
         raise ConfigError(
             f"dataset.eval_size: {ds.get('eval_size')} exceeds the test split ({n_test} tasks)"
         )
-    for name, spec in runs.items():
-        _check_run(config, name, spec)
 
 
 def _check_vllm_cpu_heads(config: dict[str, Any]) -> None:

@@ -17,100 +17,18 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from aha import countdown
+from aha.sections import DatasetConfig, section
 
 log = logging.getLogger("aha.data")
 
 SPLITS = ("train", "test", "eval")
 COLUMNS = ("id", "nums", "target", "pattern", "solution")
 DEFAULT_SOLVE_BUDGET_S = 300.0
-
-
-class DatasetConfigError(ValueError):
-    """A `dataset` section that cannot work; the message names the key."""
-
-
-@dataclass(frozen=True)
-class GenerateConfig:
-    num_tasks: int | None = None  # None: num_samples
-    num_counts: tuple[int, ...] = (3, 4)
-    number_range: tuple[int, int] = (1, 99)
-    target_range: tuple[int, int] = (1, 99)
-    balance_patterns: bool = True
-
-
-@dataclass(frozen=True)
-class DatasetConfig:
-    """The config's `dataset` section, defaults as in the schema."""
-
-    source: str = "generate"
-    name: str = "Jiayi-Pan/Countdown-Tasks-3to4"
-    split: str = "train"
-    path: str | None = None
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    shuffle_seed: int = 111
-    num_samples: int = 50_000
-    test_size: float = 0.1
-    split_seed: int = 111
-    eval_size: int = 500
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> DatasetConfig:
-        raw = dict(raw)
-        _no_unknown(raw, cls, "dataset")
-        gen_raw = dict(raw.pop("generate", None) or {})
-        _no_unknown(gen_raw, GenerateConfig, "dataset.generate")
-        gen = GenerateConfig(
-            **{
-                k: tuple(v) if isinstance(v, list) else v
-                for k, v in gen_raw.items()
-                if v is not None or k == "num_tasks"
-            }
-        )
-        cfg = cls(**raw, generate=gen)
-        cfg.check()
-        return cfg
-
-    def check(self) -> None:
-        if self.source not in ("hub", "path", "generate"):
-            raise DatasetConfigError(
-                f"dataset.source: {self.source!r} is not one of hub, path, generate"
-            )
-        if self.source == "path" and not self.path:
-            raise DatasetConfigError("dataset.path: required when dataset.source is path")
-        if self.num_samples < 2:
-            raise DatasetConfigError("dataset.num_samples: must be at least 2")
-        if not 0 < self.test_size < 1:
-            raise DatasetConfigError("dataset.test_size: must lie strictly between 0 and 1")
-        if self.eval_size < 1:
-            raise DatasetConfigError("dataset.eval_size: must be at least 1")
-        g = self.generate
-        for key in ("number_range", "target_range"):
-            lo_hi = getattr(g, key)
-            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
-                raise DatasetConfigError(
-                    f"dataset.generate.{key}: expected [low, high], got {lo_hi}"
-                )
-        if not g.num_counts or min(g.num_counts) < 2:
-            raise DatasetConfigError("dataset.generate.num_counts: each count must be at least 2")
-        if g.num_tasks is not None and g.num_tasks < self.num_samples:
-            raise DatasetConfigError(
-                f"dataset.generate.num_tasks ({g.num_tasks}) is below dataset.num_samples "
-                f"({self.num_samples})"
-            )
-
-
-def _no_unknown(raw: Mapping[str, Any], cls: type, where: str) -> None:
-    known = {f.name for f in fields(cls)}
-    extra = sorted(set(raw) - known)
-    if extra:
-        raise DatasetConfigError(
-            f"{', '.join(f'{where}.{k}' for k in extra)}: unknown key (allowed: {', '.join(sorted(known))})"
-        )
 
 
 # ----------------------------------------------------------------------------- stages
@@ -320,7 +238,7 @@ def cli(argv: list[str], prog: str) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
-        cfg = DatasetConfig.from_dict(json.loads(args.dataset))
+        cfg = section(DatasetConfig, json.loads(args.dataset))
         prepare(cfg, args.out_dir, args.solve_budget_s)
     except json.JSONDecodeError as err:
         raise SystemExit(f"{prog}: --dataset is not JSON: {err}") from None

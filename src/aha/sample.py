@@ -28,13 +28,15 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import prompts, rewards
 from aha.checkpoints import CheckpointError, Manifest
+from aha.config import ConfigError
 from aha.sample_vllm import Completion
+from aha.sections import Sampling, section
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,47 +62,6 @@ BACKENDS = ("auto", "hf", "vllm")
 
 class SampleError(RuntimeError):
     """Bad sampling input (config, model reference, eval split); one line naming the problem."""
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """The config's `sampling` section (defaults as in workflow/schemas/config.schema.yaml)."""
-
-    k: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
-    batch_size: int = 64
-    seed: int = 1234
-    backend: str = "auto"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Sampling:
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise SampleError(f"sampling: unknown keys {', '.join(sorted(unknown))}")
-        cfg = cls(**data)
-        for key in ("k", "max_new_tokens", "batch_size", "seed"):
-            value = getattr(cfg, key)
-            if (
-                not isinstance(value, int)
-                or isinstance(value, bool)
-                or (key != "seed" and value < 1)
-            ):
-                raise SampleError(f"sampling.{key}: must be a positive integer (got {value!r})")
-        for key in ("temperature", "top_p"):
-            if not isinstance(getattr(cfg, key), int | float):
-                raise SampleError(f"sampling.{key}: must be a number (got {getattr(cfg, key)!r})")
-        if not cfg.temperature >= 0:
-            raise SampleError(f"sampling.temperature: must be >= 0 (got {cfg.temperature!r})")
-        if not 0 < cfg.top_p <= 1:
-            raise SampleError(f"sampling.top_p: must be in (0, 1] (got {cfg.top_p!r})")
-        if cfg.backend not in BACKENDS:
-            raise SampleError(
-                f"sampling.backend: {cfg.backend!r} is not one of {', '.join(BACKENDS)}"
-            )
-        return cfg
 
 
 @dataclass(frozen=True)
@@ -466,7 +427,7 @@ def cli(argv: list[str], prog: str) -> None:
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
     )
     try:
-        cfg = Sampling.from_dict(json.loads(args.sampling))
+        cfg = section(Sampling, json.loads(args.sampling))
         quantization = json.loads(args.quantization) if args.quantization else None
         records = sample(
             args.model,
@@ -481,7 +442,7 @@ def cli(argv: list[str], prog: str) -> None:
         )
     except json.JSONDecodeError as err:
         raise SystemExit(f"{prog}: --sampling or --quantization is not JSON: {err}") from None
-    except SampleError as err:
+    except (SampleError, ConfigError) as err:
         raise SystemExit(f"{prog}: {err}") from None
     n = len(records)
     fmt = sum(r["format_reward"] for r in records) / max(n, 1)

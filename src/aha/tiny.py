@@ -23,7 +23,7 @@ import random
 import re
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,8 @@ from transformers import (
 )
 
 from aha import prompts, rewards, traces
+from aha.config import ConfigError
+from aha.sections import TinySpec, WarmStart, section
 
 log = logging.getLogger("aha.tiny")
 
@@ -65,53 +67,7 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 MIN_CHUNK_CHARS = 8  # constant prompt text shorter than this stays ordinary BPE text
-EVAL_TASKS = 200
 MAX_NEW_TOKENS = 128
-
-
-@dataclass(frozen=True)
-class WarmStart:
-    """Supervised warm start on reasoning traces (model.tiny.warm_start)."""
-
-    num_traces: int = 20000
-    max_steps: int = 600
-    learning_rate: float = 2e-3
-    warmup_steps: int = 20
-    batch_size: int = 32
-    give_up_rate: float = 0.7
-    max_wrong_candidates: int = 2
-    max_value: int | None = None
-    answer_slip_rate: float = 0.0
-    eval_tasks: int = EVAL_TASKS
-
-
-@dataclass(frozen=True)
-class TinySpec:
-    """Architecture and warm start of the tiny model (the config's model.tiny section)."""
-
-    vocab_size: int = 640
-    hidden_size: int = 192
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    intermediate_size: int = 576
-    max_position_embeddings: int = 512
-    warm_start: WarmStart = WarmStart()
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TinySpec:
-        """Build from the JSON section; unknown keys are refused (the schema should have)."""
-        data = dict(data)
-        ws = dict(data.pop("warm_start", {}) or {})
-        _refuse_unknown(cls, data, "model.tiny")
-        _refuse_unknown(WarmStart, ws, "model.tiny.warm_start")
-        return cls(**data, warm_start=WarmStart(**ws))
-
-
-def _refuse_unknown(cls: type, data: dict[str, Any], where: str) -> None:
-    unknown = set(data) - {f.name for f in fields(cls)} - {"warm_start"}
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -480,5 +436,8 @@ def cli(argv: list[str], prog: str) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    spec = TinySpec.from_dict(json.loads(args.tiny))
+    try:
+        spec = section(TinySpec, json.loads(args.tiny))
+    except (json.JSONDecodeError, ConfigError) as err:
+        raise SystemExit(f"{prog}: --tiny: {err}") from None
     build(spec, args.train, args.seed, args.out_dir)

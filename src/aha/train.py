@@ -27,7 +27,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,8 +48,9 @@ from aha.checkpoints import (
     write_log_history,
     write_manifests,
 )
-from aha.config import DEVICES, MODES
+from aha.config import MODES, ConfigError
 from aha.config import quantization_kwargs as config_quantization
+from aha.sections import RunSpec
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -71,60 +72,6 @@ class TrainError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- run spec
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run's settings: `aha.config.run_view(config, run)`, as the rule passes them."""
-
-    name: str
-    mode: str
-    model: dict[str, Any]
-    device: str
-    checkpoints: tuple[int, ...]
-    grpo: dict[str, Any]
-    lora: dict[str, Any] = field(default_factory=dict)
-    quantization: dict[str, Any] = field(default_factory=dict)
-    vllm_server: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        known = {"name", "mode", "device", "model", "checkpoints", "grpo", "lora", "quantization"}
-        unknown = set(data) - known - {"vllm_server"}
-        if unknown:
-            raise TrainError(f"run spec: unknown keys {', '.join(sorted(unknown))}")
-        mode = data.get("mode")
-        if mode not in MODES:
-            raise TrainError(f"run spec: mode {mode!r} is not one of {', '.join(MODES)}")
-        device = "cpu" if mode == "cpu" else data.get("device", "cuda")
-        if device not in DEVICES:
-            raise TrainError(f"run spec: device {device!r} is not one of {', '.join(DEVICES)}")
-        grpo = dict(data.get("grpo") or {})
-        max_steps = grpo.get("max_steps")
-        if not isinstance(max_steps, int) or max_steps <= 0:
-            raise TrainError(f"grpo.max_steps: required, a positive integer (got {max_steps!r})")
-        steps = tuple(data.get("checkpoints") or ())
-        if not steps or any(not isinstance(s, int) or not 0 < s <= max_steps for s in steps):
-            raise TrainError(
-                f"checkpoints: need steps in 1..grpo.max_steps ({max_steps}), got {list(steps)}"
-            )
-        if list(steps) != sorted(set(steps)):
-            raise TrainError(f"checkpoints: steps must be strictly ascending, got {list(steps)}")
-        return cls(
-            name=str(data.get("name") or "run"),
-            mode=mode,
-            model=dict(data.get("model") or {}),
-            device=device,
-            checkpoints=steps,
-            grpo=grpo,
-            lora=dict(data.get("lora") or {}),
-            quantization=dict(data.get("quantization") or {}),
-            vllm_server=dict(data.get("vllm_server") or {}),
-        )
-
-    @property
-    def max_steps(self) -> int:
-        return int(self.grpo["max_steps"])
 
 
 # ----------------------------------------------------------------------------- pure per-mode settings
@@ -613,13 +560,13 @@ def cli(argv: list[str], prog: str) -> None:
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
     )
     try:
-        spec = RunSpec.from_dict(json.loads(args.run_spec))
+        spec = RunSpec.from_view(json.loads(args.run_spec))
         result = train(
             spec, args.data_dir, args.model, args.out_dir, args.seed, sample_rate=args.sample_rate
         )
     except json.JSONDecodeError as err:
         raise SystemExit(f"{prog}: --run-spec is not JSON: {err}") from None
-    except (TrainError, CheckpointError) as err:
+    except (TrainError, CheckpointError, ConfigError) as err:
         raise SystemExit(f"{prog}: {err}") from None
     if result.stopped_by is not None:
         print(
