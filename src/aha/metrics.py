@@ -177,3 +177,9 @@ def success_by_pattern(samples: Sequence[Mapping[str, Any]]) -> dict[str, dict[s
             "success_hi": hi,
         }
     return out
+
+
+def is_success(sample: Mapping[str, Any]) -> bool:
+    """Whether one scored completion counts as a success: public, so that pages showing
+    completions (aha.tables) mark exactly the ones every number here counts."""
+    return _success(sample)
