@@ -1,19 +1,20 @@
-"""The `plots` and `tables` stages on synthetic results: several runs, partial inputs, hostile text.
+"""The report's synthetic results and its inputs (`aha.report_inputs`).
 
-The synthetic results go through the real `aha.score` code, so the numbers the figures and tables
-show are the ones the pipeline would compute for these completions.
+The synthetic results (several runs, partial inputs, hostile text) are shared by test_plots,
+test_tables and test_browser. They go through the real `aha.score` code, so the numbers the
+figures and tables show are the ones the pipeline would compute for these completions.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from aha import report, score
+from aha import report_inputs, score
 
 HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
 QWEN = {"source": "hub", "name_or_path": "Qwen/Qwen2.5-3B-Instruct"}
@@ -131,263 +132,112 @@ PARTIAL = {
 }
 
 
-def run_plots(results: Path, runs: dict, out: Path, report_cfg: dict | None = None) -> None:
-    report.cli_plots(
-        [
-            "--summary", str(results / "summary.tsv"),
-            "--by-pattern", str(results / "summary_by_pattern.tsv"),
-            "--runs", json.dumps(runs),
-            "--runs-dir", str(results / "runs"),
-            "--report", json.dumps(report_cfg or {"seed_reference": True}),
-            "--out-dir", str(out),
-        ],
-        prog="plots",
-    )  # fmt: skip
+def train_log_args(results: Path, runs: dict) -> list[str]:
+    """`--train-log RUN PATH` per run, the paths rule train_grpo writes (as report.smk passes)."""
+    logs = [(run, results / "runs" / run / "train_log.jsonl") for run in runs]
+    return shlex.split(report_inputs.repeated("--train-log", logs))
 
 
-def run_tables(results: Path, runs: dict, out: Path, n: int = 2) -> None:
-    report.cli_tables(
-        [
-            "--summary", str(results / "summary.tsv"),
-            "--runs", json.dumps(runs),
-            "--runs-dir", str(results / "runs"),
-            "--report", json.dumps({"examples_per_checkpoint": n}),
-            "--out-dir", str(out),
-        ],
-        prog="tables",
-    )  # fmt: skip
+def samples_args(results: Path, runs: dict) -> list[str]:
+    """`--samples RUN STEP PATH` per configured step, the paths rule sample writes."""
+    files = [
+        (run, step, results / "runs" / run / "samples" / f"step-{step}.jsonl")
+        for run, spec in runs.items()
+        for step in spec["steps"]
+    ]
+    return shlex.split(report_inputs.repeated("--samples", files))
 
 
-def svg_text(path: Path) -> str:
-    """The text of an SVG's <text> elements (kept as text: svg.fonttype none), unescaped."""
-    import html
-
-    body = path.read_text(encoding="utf-8")
-    assert body.lstrip().startswith(("<?xml", "<svg"))
-    return html.unescape(" ".join(re.findall(r"<text[^>]*>(.*?)</text>", body, re.DOTALL)))
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    results = tmp_path_factory.mktemp("sweep")
-    runs = write_results(results, SWEEP)
-    run_plots(results, runs, results / "plots")
-    run_tables(results, runs, results / "tables")
-    return results, runs
-
-
-def test_every_figure_written_and_compares_runs(sweep: tuple[Path, dict]) -> None:
-    results, _ = sweep
-    for name in report.FIGURES.values():
-        text = svg_text(results / "plots" / name)
-        assert "qwen-a" in text and "tiny-b" in text, name  # hue = run: both in every legend
-    success = svg_text(results / "plots" / "success.svg")
-    assert "Success rate on held-out prompts (95% interval)" in success
-    assert "pass@4" in success
-    assert "qwen-a step 0 (base model)" in success and "tiny-b step 0 (base model)" in success
-    assert report.SEED_LABEL in success  # a Qwen Hub run and seed_reference on
-    assert "Missing" not in success
-    quality = svg_text(results / "plots" / "format_length.svg")
-    for title in ("Format rate", "Completion length", "Truncated completions"):
-        assert title in quality
-    aha = svg_text(results / "plots" / "behaviours.svg")
-    for title in ("Self-verification", "Backtracking", "Candidate equations tried"):
-        assert title in aha
-    patterns = svg_text(results / "plots" / "success_by_pattern.svg")
-    for pattern in PATTERNS:
-        assert f"pattern {pattern} (n = 48)" in patterns  # 2 prompts x 4 samples x 3 steps x 2 runs
-
-
-def test_training_figure_has_a_panel_per_reward_function(sweep: tuple[Path, dict]) -> None:
-    results, _ = sweep
-    text = svg_text(results / "plots" / "training.svg")
-    for title in (
-        "Mean equation_reward",
-        "Mean format_reward",
-        "Total reward (weighted)",
-        "Reward std",
-        "KL to reference",  # one run logged KL: drawn, no note
-        "Completion length (tokens)",
-        "Learning rate",
-    ):
-        assert title in text
-    assert "KL not logged" not in text
-    assert "no training log" not in text.lower()
+# ----------------------------------------------------------------------------- inputs
 
 
 def test_read_train_log_keeps_step_metrics_only(tmp_path: Path) -> None:
     path = tmp_path / "train_log.jsonl"
     write_jsonl(path, train_log(3, kl=False))
     path.write_text(path.read_text() + "not json\n")
-    log = report.read_train_log(path, "r")
+    log = report_inputs.read_train_log(path, "r")
     assert sorted(set(log["step"])) == [1, 2, 3]  # the final summary entry is not a step
     assert "entropy" not in set(log["metric"])  # None dropped
     assert "train_runtime" not in set(log["metric"])
     eq = log[log["metric"] == "rewards/equation_reward/mean"].sort_values("step")
     assert eq["value"].tolist() == pytest.approx([0.05, 0.10, 0.15])
-    panels = [key for key, _ in report.train_panels(log)]
-    assert panels[:2] == ["rewards/equation_reward/mean", "rewards/format_reward/mean"]
-    assert "kl" in panels
-    assert report.read_train_log(tmp_path / "absent.jsonl", "r").empty
+    assert report_inputs.read_train_log(tmp_path / "absent.jsonl", "r").empty
+    assert report_inputs.read_train_log(None, "r").empty  # no --train-log for the run
 
 
-def test_summary_table_has_a_row_per_run_and_step(sweep: tuple[Path, dict]) -> None:
-    results, runs = sweep
-    page = (results / "tables" / "summary.html").read_text(encoding="utf-8")
-    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>", page)
-    assert rows == [(run, str(s)) for run in runs for s in runs[run]["steps"]]
-    # qwen-a step 4: 12 of 24 completions correct; Wilson 95% [31.4%, 68.6%]
-    assert "50.0% [31.4%, 68.6%]" in page
-    assert 'class="missing"' not in page
+def test_read_samples_skips_and_counts_what_cannot_be_shown(tmp_path: Path) -> None:
+    path = tmp_path / "step-0.jsonl"
+    good = synthetic_samples("r", 0, successes=1, n_prompts=1, k=2)
+    no_reward = {**good[0], "equation_reward": None}  # success cannot be decided
+    no_text = {k: v for k, v in good[0].items() if k != "text"}
+    write_jsonl(path, [*good, no_reward, no_text])
+    path.write_text(path.read_text() + "[1, 2]\n{truncated")
+    samples, skipped = report_inputs.read_samples(path)
+    assert samples == good
+    assert skipped == 4
+    assert report_inputs.read_samples(tmp_path / "absent.jsonl") == ([], 0)
 
 
-def test_examples_side_by_side_and_escaped(sweep: tuple[Path, dict]) -> None:
-    results, _ = sweep
-    for run, spec in SWEEP.items():
-        page = (results / "tables" / f"examples-{run}.html").read_text(encoding="utf-8")
-        assert "<script" not in page.lower() and "<img" not in page.lower()
-        assert "onerror=alert(1)&gt;" in page and "&lt;script&gt;" in page
-        assert "default-src &#x27;none&#x27;" in page or "default-src 'none'" in page
-        for step, wins in spec["successes"].items():
-            assert f"{run} · step {step}" in page
-            assert f"{wins} of 24 completions successful" in page
-        # 2 examples per side per step, each with its answer and rewards
-        wins = spec["successes"].values()
-        assert page.count('<td class="ok">') == sum(min(w, 2) for w in wins)
-        assert page.count('<td class="fail">') == sum(min(24 - w, 2) for w in wins)
-        assert page.count("no other successful completion at this step") == sum(
-            w == 1 for w in wins
-        )
-        assert page.count('answer: <span class="answer">3 * 5</span>') == sum(
-            min(w, 2) for w in wins
-        )
-        assert "equation reward 1.0" in page and "equation reward 0.0" in page
-        assert '<span class="tag">verify</span><span class="tag">backtrack</span>' in page
-
-
-def test_pick_examples_reproducible_distinct_prompts() -> None:
-    samples = synthetic_samples("r", 0, successes=9, n_prompts=6, k=4)  # prompts 0, 1 and one of 2
-    good, bad = report.pick_examples(samples, 3, "r/0")
-    assert all(report.is_success(s) for s in good) and not any(report.is_success(s) for s in bad)
-    assert len({s["prompt_id"] for s in good}) == 3  # 3 distinct prompts hold successes
-    assert len({s["prompt_id"] for s in bad}) == 3
-    assert (good, bad) == report.pick_examples(samples, 3, "r/0")
-    good4, _ = report.pick_examples(samples, 20, "r/0")
-    assert len(good4) == 9  # no more than there are
-
-
-@pytest.fixture(scope="module")
-def partial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    results = tmp_path_factory.mktemp("partial")
-    runs = write_results(results, PARTIAL)
-    (results / "summary_by_pattern.tsv").unlink()
-    run_plots(results, runs, results / "plots", {"seed_reference": True})
-    run_tables(results, runs, results / "tables")
-    return results, runs
-
-
-def test_partial_figures_say_what_is_missing(partial: tuple[Path, dict]) -> None:
-    results, _ = partial
-    missing = "Missing (not run yet, or failed): tiny-a step 2, 4; tiny-b step 0, 2, 4"
-    for name in ("success.svg", "format_length.svg", "behaviours.svg"):
-        assert missing in svg_text(results / "plots" / name), name
-    success = svg_text(results / "plots" / "success.svg")
-    assert "tiny-a step 0 (base model)" in success
-    assert report.SEED_LABEL not in success  # tiny runs only: the seed's numbers are not drawn
-    training = svg_text(results / "plots" / "training.svg")
-    assert training.count("no training log yet") == len(report.train_panels(
-        report.read_train_log(Path("absent"), "x")
-    ))  # fmt: skip
-    assert "No training log yet (not run, or empty): tiny-a, tiny-b" in training
-    patterns = svg_text(results / "plots" / "success_by_pattern.svg")
-    assert "no success-by-pattern table" in patterns
-
-
-def test_partial_tables_say_what_is_missing(partial: tuple[Path, dict]) -> None:
-    results, _ = partial
-    page = (results / "tables" / "summary.html").read_text(encoding="utf-8")
-    assert re.findall(r'<tr class="missing"><td>([^<]+)</td><td>(\d+)</td>', page) == [
-        ("tiny-a", "2"),
-        ("tiny-a", "4"),
-        ("tiny-b", "0"),
-        ("tiny-b", "2"),
-        ("tiny-b", "4"),
-    ]
-    a = (results / "tables" / "examples-tiny-a.html").read_text(encoding="utf-8")
-    assert "3 of 24 completions successful" in a
-    assert "(empty samples file)" in a  # step 2
-    assert a.count("missing: no samples file") == 1  # step 4
-    b = (results / "tables" / "examples-tiny-b.html").read_text(encoding="utf-8")
-    assert b.count("missing: no samples file") == 3
-
-
-def test_no_summary_at_all(tmp_path: Path) -> None:
-    runs = {"tiny-a": {"steps": [0, 2], "model": TINY}}
-    run_plots(tmp_path, runs, tmp_path / "plots")
-    run_tables(tmp_path, runs, tmp_path / "tables")
-    assert "no scored checkpoint yet" in svg_text(tmp_path / "plots" / "success.svg")
-    page = (tmp_path / "tables" / "summary.html").read_text(encoding="utf-8")
-    assert page.count('<tr class="missing">') == 2
-
-
-def test_seed_reference_follows_config_and_model(tmp_path: Path) -> None:
-    one = {"qwen-a": SWEEP["qwen-a"]}
-    runs = write_results(tmp_path, one)
-    run_plots(tmp_path, runs, tmp_path / "on", {"seed_reference": True})
-    run_plots(tmp_path, runs, tmp_path / "off", {"seed_reference": False})
-    assert report.SEED_LABEL in svg_text(tmp_path / "on" / "success.svg")
-    assert report.SEED_LABEL not in svg_text(tmp_path / "off" / "success.svg")
-    # a single run without KL (beta 0): the panel says why it is empty
-    runs_nokl = write_results(tmp_path / "nokl", {"tiny-b": SWEEP["tiny-b"]})
-    run_plots(tmp_path / "nokl", runs_nokl, tmp_path / "nokl" / "plots")
-    assert "KL not logged" in svg_text(tmp_path / "nokl" / "plots" / "training.svg")
-
-
-def test_share_axis_fits_small_rates_and_keeps_seed_stars_in_view() -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots()
-    ax.plot([0, 450], [0.03, 0.08])
-    ax.fill_between([0, 450], [0.02, 0.06], [0.04, 0.10])
-    report.fit_share_axis(ax)
-    low, top = ax.get_ylim()
-    assert 0.10 < top < 0.13 and low <= 0.0  # 3% and 8% are a third and two thirds up
-    ax.scatter([100, 450], [0.25, 0.50])  # seed reference stars
-    report.fit_share_axis(ax)
-    assert 0.50 < ax.get_ylim()[1] < 0.6
-    ax.plot([0, 450], [0.99, 1.0])  # a format rate: never past 100% (+ a margin)
-    report.fit_share_axis(ax)
-    assert ax.get_ylim()[1] == pytest.approx(1.02)
-    plt.close(fig)
-
-
-def test_environment_page_lists_versions(sweep: tuple[Path, dict]) -> None:
-    from importlib import metadata
-
-    page = (sweep[0] / "tables" / "environment.html").read_text(encoding="utf-8")
-    for name in ("trl", "transformers", "torch", "snakemake"):
-        assert f"<tr><th>{name}</th><td>{metadata.version(name)}</td></tr>" in page
-
-
-def test_bad_runs_argument_refused(tmp_path: Path) -> None:
+def test_bad_runs_argument_refused() -> None:
     with pytest.raises(ValueError, match="--runs"):
-        report.parse_runs("[1, 2]")
+        report_inputs.parse_runs("[1, 2]")
 
 
-def test_examples_without_successes_or_closing_tag(tmp_path: Path) -> None:
-    samples = synthetic_samples("tiny-a", 0, successes=0, n_prompts=2, k=2)
-    samples[0]["text"] = "1 + 2 = 3, no closing tag"  # truncated thinking: no </think>
-    write_jsonl(tmp_path / "runs" / "tiny-a" / "samples" / "step-0.jsonl", samples)
-    run = report.RunInfo("tiny-a", (0,), "tiny", "Qwen/Qwen2.5-3B-Instruct")
-    page = report.examples_page(run, tmp_path / "runs", 4)  # all 4 failures are shown
-    assert "the offline tiny model built by the workflow" in page and "Qwen" not in page
-    assert "0 of 4 completions successful" in page
-    assert page.count("no successful completion at this step") == 1
-    assert "no other" not in page  # the failed column is full
-    assert page.count('<td class="fail">') == 4
-    assert page.count("after &lt;/think&gt;") == 3  # not for the unclosed completion
-    assert page.count("(no &lt;/think&gt;)") == 1
-    assert "1 + 2 = 3, no closing tag" in page
+def test_runs_argument_round_trips_through_parse_runs() -> None:
+    config = {
+        "model": {"source": "hub", "name_or_path": "Qwen/Qwen2.5-3B-Instruct", "dtype": "auto"},
+        "checkpoints": [50, 100],
+        "runs": {
+            "a": {"mode": "zero3", "grpo": {}},
+            "b": {"mode": "cpu", "grpo": {}, "checkpoints": [2], "model": {"source": "tiny"}},
+        },
+    }
+    runs = report_inputs.parse_runs(json.dumps(report_inputs.runs_argument(config)))
+    assert runs == {
+        "a": report_inputs.RunInfo("a", (0, 50, 100), "hub", "Qwen/Qwen2.5-3B-Instruct"),
+        "b": report_inputs.RunInfo("b", (0, 2), "tiny", "Qwen/Qwen2.5-3B-Instruct"),
+    }
+    assert runs["a"].seed_comparable and not runs["b"].seed_comparable
+
+
+def test_repeated_paths_round_trip_and_refuse_strays() -> None:
+    """What report.smk writes with `repeated`, the stages read back: odd names survive."""
+    import argparse
+
+    runs = report_inputs.parse_runs('{"a b": {"steps": [0, 2]}, "c": {"steps": [0]}}')
+    pairs = [("a b", "results/runs/a b/train_log.jsonl"), ("c", "results/runs/c/train_log.jsonl")]
+    triples = [("a b", 0, "s-0.jsonl"), ("a b", 2, "s'2.jsonl"), ("c", 0, "s.jsonl")]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--train-log", nargs=2, action="append")
+    parser.add_argument("--samples", nargs=3, action="append")
+    command = report_inputs.repeated("--train-log", pairs) + " "
+    command += report_inputs.repeated("--samples", triples)
+    args = parser.parse_args(shlex.split(command))
+    logs = report_inputs.paths_by_run("--train-log", args.train_log, runs)
+    assert logs == {run: Path(p) for run, p in pairs}
+    samples = report_inputs.paths_by_run_step("--samples", args.samples, runs)
+    assert samples == {
+        "a b": {0: Path("s-0.jsonl"), 2: Path("s'2.jsonl")},
+        "c": {0: Path("s.jsonl")},
+    }
+    with pytest.raises(ValueError, match="--train-log x: not a run of --runs"):
+        report_inputs.paths_by_run("--train-log", [["x", "p"]], runs)
+    with pytest.raises(ValueError, match="given twice"):
+        report_inputs.paths_by_run("--train-log", [["c", "p"], ["c", "q"]], runs)
+    with pytest.raises(ValueError, match="--samples c 0: given twice"):
+        report_inputs.paths_by_run_step("--samples", [["c", "0", "p"], ["c", "0", "q"]], runs)
+    with pytest.raises(ValueError, match="not an integer"):
+        report_inputs.paths_by_run_step("--samples", [["c", "last", "p"]], runs)
+
+
+def test_missing_steps_and_run_order() -> None:
+    import pandas as pd
+
+    runs = report_inputs.parse_runs('{"b": {"steps": [0, 2, 4]}, "a": {"steps": [0]}}')
+    summary = pd.DataFrame({"run": ["b", "b", "z"], "step": [0, 4, 0]})
+    missing = report_inputs.missing_steps(summary, runs)
+    assert missing == {"b": [2], "a": [0]}
+    assert report_inputs.describe_missing(missing) == (
+        "Missing (not run yet, or failed): b step 2; a step 0"
+    )
+    assert report_inputs.run_order(summary, runs) == ["b", "a", "z"]  # config order, then data

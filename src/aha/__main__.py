@@ -17,8 +17,8 @@ STAGES: dict[str, tuple[str, str]] = {
     "sample": ("aha.sample", "sample completions for the eval prompts from one checkpoint"),
     "score": ("aha.score", "success rate, pass@k, format, lengths and aha behaviours"),
     "aggregate": ("aha.score", "collect every score file into results/summary.tsv"),
-    "plots": ("aha.report", "seaborn figures for the report"),
-    "tables": ("aha.report", "HTML tables for the report"),
+    "plots": ("aha.plots", "seaborn figures for the report"),
+    "tables": ("aha.tables", "HTML tables for the report"),
     "check-gpu": ("aha.gpu", "check CUDA, GPU packages and the model before a GPU run"),
     "with-vllm-server": (
         "aha.vllm_server",

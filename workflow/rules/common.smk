@@ -19,7 +19,6 @@ from aha.config import (
     steps,
 )
 from aha.launch import train_command
-from aha.report import report_files
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
 if problem := schema_error(config, SCHEMA):

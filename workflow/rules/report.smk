@@ -1,56 +1,79 @@
-# The report: seaborn figures and HTML tables, flagged with report() for `snakemake --report`.
-# Both rules depend on results/summary.tsv only (it is downstream of every training log and
-# samples file, so a retrain or resample reruns them); train logs and samples are read from
-# results/runs/ where present, and whatever is missing is stated on the figure or page.
-from aha.report import (
-    ENVIRONMENT_TABLE,
-    EXAMPLES_TABLE,
-    FIGURES,
-    PLOTS_DIR,
-    SUMMARY_TABLE,
-    TABLES_DIR,
-    report_files,  # noqa: F401 (rule all's targets: `report_files(RUNS)`)
-    runs_argument,
-)
+# The report: seaborn figures (`python -m aha plots`) and HTML tables (`python -m aha tables`),
+# flagged with report() for `snakemake --report`. These rules own the report's paths: every file
+# a stage reads is a declared input (summary, each run's training log, each checkpoint's
+# samples) and every file it writes a declared output, each passed on its command line, so the
+# stages compose no path and building the DAG imports no plotting code. Whatever an input lacks
+# (a run with no logged step, an empty samples file) is stated on the figure or page.
+from aha.config import steps
+from aha.report_inputs import repeated, runs_argument
 
 CAPTION = "../report/{}.rst"
+# `plots` option -> figure file (the options are aha.plots.FIGURES).
+FIGURES = {
+    "success": "results/plots/success.svg",
+    "patterns": "results/plots/success_by_pattern.svg",
+    "quality": "results/plots/format_length.svg",
+    "behaviours": "results/plots/behaviours.svg",
+    "training": "results/plots/training.svg",
+}
+SUMMARY_PAGE = "results/tables/summary.html"
+ENVIRONMENT_PAGE = "results/tables/environment.html"
+EXAMPLES_PAGE = "results/tables/examples-{run}.html"
+EXAMPLES_PAGES = {run: EXAMPLES_PAGE.format(run=run) for run in RUNS}
+# The outputs of rule train_grpo (train.smk) and rule sample (evaluate.smk), spelled here too so
+# that these rules also run in a workflow of their own over existing results.
+TRAIN_LOGS = {run: f"results/runs/{run}/train_log.jsonl" for run in RUNS}
+SAMPLES_FILES = [
+    (run, step, f"results/runs/{run}/samples/step-{step}.jsonl")
+    for run in RUNS
+    for step in steps(config, run)
+]
+# Every file the report rules write, for `rule all` (so `--report` finds them). A lambda, not a
+# def: `snakemake --lint` wants functions in common.smk, and the paths belong here.
+report_files = lambda runs: [
+    *FIGURES.values(),
+    SUMMARY_PAGE,
+    ENVIRONMENT_PAGE,
+    *expand(EXAMPLES_PAGE, run=runs),
+]
 
 
 rule report_plots:
     input:
         summary="results/summary.tsv",
         by_pattern="results/summary_by_pattern.tsv",
+        train_logs=list(TRAIN_LOGS.values()),
     output:
         success=report(
-            f"{PLOTS_DIR}/{FIGURES['success']}",
+            FIGURES["success"],
             caption=CAPTION.format("success"),
             category="1. Success",
             subcategory="Figures",
             labels={"figure": "success rate and pass@k vs step"},
         ),
         patterns=report(
-            f"{PLOTS_DIR}/{FIGURES['patterns']}",
+            FIGURES["patterns"],
             caption=CAPTION.format("success_by_pattern"),
             category="1. Success",
             subcategory="Figures",
             labels={"figure": "success by operator pattern"},
         ),
         quality=report(
-            f"{PLOTS_DIR}/{FIGURES['quality']}",
+            FIGURES["quality"],
             caption=CAPTION.format("format_length"),
             category="2. Completions",
             subcategory="Figures",
             labels={"figure": "format, length, truncation vs step"},
         ),
         behaviours=report(
-            f"{PLOTS_DIR}/{FIGURES['behaviours']}",
+            FIGURES["behaviours"],
             caption=CAPTION.format("behaviours"),
             category="2. Completions",
             subcategory="Figures",
             labels={"figure": "aha behaviours vs step"},
         ),
         training=report(
-            f"{PLOTS_DIR}/{FIGURES['training']}",
+            FIGURES["training"],
             caption=CAPTION.format("training"),
             category="3. Training",
             subcategory="Figures",
@@ -59,31 +82,33 @@ rule report_plots:
     params:
         runs=lambda wc: as_json(runs_argument(config)),
         report=lambda wc: as_json(config["report"]),
-        runs_dir="results/runs",
-        out_dir=lambda wc, output: os.path.dirname(output.success),
+        train_logs=repeated("--train-log", TRAIN_LOGS.items()),
     log:
         "logs/report_plots/report_plots.log",
     conda:
         "../envs/aha.yaml"
     shell:
         "MPLBACKEND=Agg python -m aha plots --summary {input.summary} "
-        "--by-pattern {input.by_pattern} --runs {params.runs:q} --runs-dir {params.runs_dir} "
-        "--report {params.report:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "--by-pattern {input.by_pattern} {params.train_logs} --runs {params.runs:q} "
+        "--report {params.report:q} --success {output.success} --patterns {output.patterns} "
+        "--quality {output.quality} --behaviours {output.behaviours} "
+        "--training {output.training} > {log} 2>&1"
 
 
 rule report_tables:
     input:
         summary="results/summary.tsv",
+        samples=[path for _, _, path in SAMPLES_FILES],
     output:
         summary=report(
-            f"{TABLES_DIR}/{SUMMARY_TABLE}",
+            SUMMARY_PAGE,
             caption=CAPTION.format("summary_table"),
             category="4. Tables",
             subcategory="Summary",
             labels={"table": "metrics per run and checkpoint"},
         ),
         environment=report(
-            f"{TABLES_DIR}/{ENVIRONMENT_TABLE}",
+            ENVIRONMENT_PAGE,
             caption=CAPTION.format("environment"),
             category="4. Tables",
             subcategory="Summary",
@@ -91,25 +116,26 @@ rule report_tables:
         ),
         examples=[
             report(
-                f"{TABLES_DIR}/{EXAMPLES_TABLE.format(run=run)}",
+                page,
                 caption=CAPTION.format("examples"),
                 category="4. Tables",
                 subcategory="Example completions",
                 labels={"run": run},
             )
-            for run in RUNS
+            for run, page in EXAMPLES_PAGES.items()
         ],
     params:
         runs=lambda wc: as_json(runs_argument(config)),
         report=lambda wc: as_json(config["report"]),
-        runs_dir="results/runs",
-        out_dir=lambda wc, output: os.path.dirname(output.summary),
+        samples=repeated("--samples", SAMPLES_FILES),
+        examples=repeated("--examples-page", EXAMPLES_PAGES.items()),
         workflow_dir=workflow.basedir,
     log:
         "logs/report_tables/report_tables.log",
     conda:
         "../envs/aha.yaml"
     shell:
-        "python -m aha tables --summary {input.summary} --runs {params.runs:q} "
-        "--runs-dir {params.runs_dir} --report {params.report:q} "
-        "--workflow-dir {params.workflow_dir:q} --out-dir {params.out_dir} > {log} 2>&1"
+        "python -m aha tables --summary {input.summary} {params.samples} --runs {params.runs:q} "
+        "--report {params.report:q} --workflow-dir {params.workflow_dir:q} "
+        "--summary-page {output.summary} --environment-page {output.environment} "
+        "{params.examples} > {log} 2>&1"

@@ -1,0 +1,227 @@
+"""What the report stages (`plots`, `tables`) read: runs, options, summary, logs and samples.
+
+Every path comes from the command line (the rules in workflow/rules/report.smk own them), and
+a missing or damaged input reads as "nothing yet" rather than an error: a partial run still
+gets a report that says what is not there. Light on purpose: pandas is imported only when a
+table is read, matplotlib and seaborn never.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aha import jsonl, metrics
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the report needs of one configured run."""
+
+    name: str
+    steps: tuple[int, ...]
+    model_source: str
+    model_name: str
+
+    @property
+    def model_label(self) -> str:
+        if self.model_source == "tiny":
+            return "the offline tiny model built by the workflow"
+        return self.model_name or self.model_source
+
+    @property
+    def seed_comparable(self) -> bool:
+        """A Qwen Hub model, as in the seed: only then are the seed's numbers a fair reference."""
+        return self.model_source == "hub" and "qwen" in self.model_name.lower()
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The `report` config section."""
+
+    examples_per_checkpoint: int = 3
+    seed_reference: bool = True
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def add_input_arguments(parser: argparse.ArgumentParser) -> None:
+    """The inputs both report stages read: summary, runs and their steps, report options."""
+    parser.add_argument("--summary", type=Path, required=True, help="results/summary.tsv")
+    parser.add_argument(
+        "--runs",
+        required=True,
+        help='JSON {run: {"steps": [0, ...], "model": {"source", "name_or_path"}}}',
+    )
+    parser.add_argument("--report", default="{}", help="the report config section as JSON")
+
+
+def parse_runs(text: str) -> dict[str, RunInfo]:
+    """`{"run": {"steps": [0, 50], "model": {"source": "hub", "name_or_path": "..."}}}`."""
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("--runs: expected a JSON object {run: {steps, model}}")
+    runs = {}
+    for name, spec in raw.items():
+        model = spec.get("model") or {}
+        run_steps = tuple(int(s) for s in spec.get("steps", [0]))
+        runs[name] = RunInfo(
+            name, run_steps, str(model.get("source", "")), str(model.get("name_or_path", ""))
+        )
+    return runs
+
+
+def parse_options(text: str) -> ReportOptions:
+    raw = json.loads(text) if text else {}
+    return ReportOptions(
+        examples_per_checkpoint=int(raw.get("examples_per_checkpoint", 3)),
+        seed_reference=bool(raw.get("seed_reference", True)),
+    )
+
+
+def paths_by_run(
+    flag: str, pairs: Sequence[Sequence[str]] | None, runs: Mapping[str, RunInfo]
+) -> dict[str, Path]:
+    """`[[run, path], ...]` of a repeated `flag RUN PATH` as {run: path}.
+
+    A run not in --runs, or named twice, is refused: it would be silently left off the report.
+    """
+    out: dict[str, Path] = {}
+    for run, path in pairs or []:
+        if run not in runs:
+            raise ValueError(f"{flag} {run}: not a run of --runs (have: {', '.join(runs)})")
+        if run in out:
+            raise ValueError(f"{flag} {run}: given twice")
+        out[run] = Path(path)
+    return out
+
+
+def paths_by_run_step(
+    flag: str, triples: Sequence[Sequence[str]] | None, runs: Mapping[str, RunInfo]
+) -> dict[str, dict[int, Path]]:
+    """`[[run, step, path], ...]` of a repeated `flag RUN STEP PATH` as {run: {step: path}}."""
+    out: dict[str, dict[int, Path]] = {}
+    for run, step_text, path in triples or []:
+        if run not in runs:
+            raise ValueError(f"{flag} {run}: not a run of --runs (have: {', '.join(runs)})")
+        try:
+            step = int(step_text)
+        except ValueError:
+            raise ValueError(f"{flag} {run} {step_text}: the step is not an integer") from None
+        if step in out.setdefault(run, {}):
+            raise ValueError(f"{flag} {run} {step}: given twice")
+        out[run][step] = Path(path)
+    return out
+
+
+def runs_argument(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The --runs value (`parse_runs` reads it): each run's steps (0 + checkpoints) and model.
+
+    Built by the rules from the validated config, so both stages see the configured runs.
+    """
+    from aha.config import run_view, steps
+
+    out = {}
+    for run in config["runs"]:
+        model = run_view(dict(config), run)["model"]
+        out[run] = {
+            "steps": steps(dict(config), run),
+            "model": {k: model.get(k) for k in ("source", "name_or_path")},
+        }
+    return out
+
+
+def repeated(option: str, rows: Iterable[Sequence[Any]]) -> str:
+    """`option A B ...` once per row, shell-quoted: how the rules pass per-run (and per-step)
+    paths that `paths_by_run` and `paths_by_run_step` read back."""
+    return " ".join(shlex.join([option, *map(str, row)]) for row in rows)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def read_summary(path: Path | None) -> pd.DataFrame:
+    """results/summary.tsv as a DataFrame; empty (with run and step columns) when missing."""
+    import pandas as pd
+
+    if path is None or not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame({"run": pd.Series(dtype=str), "step": pd.Series(dtype=int)})
+    df = pd.read_csv(path, sep="\t", na_values=["NA"])
+    df["run"] = df["run"].astype(str)
+    return df
+
+
+def read_train_log(path: Path | None, run: str) -> pd.DataFrame:
+    """Long table (run, step, metric, value) of a TRL log history; empty when missing.
+
+    Only per-step training entries count (those with a `step` and a reward or loss metric); the
+    final summary entry (train_runtime, ...) and None values (TRL's all-NaN metric) are dropped.
+    """
+    import pandas as pd
+
+    records, _ = jsonl.salvage(path) if path is not None else ([], 0)
+    rows = []
+    for rec in records:
+        step = rec.get("step")
+        if not isinstance(step, int | float) or "train_runtime" in rec:
+            continue
+        for key, value in rec.items():
+            if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if math.isfinite(value):
+                rows.append({"run": run, "step": int(step), "metric": key, "value": float(value)})
+    return pd.DataFrame(rows, columns=["run", "step", "metric", "value"])
+
+
+def read_samples(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """(scored completions, lines skipped) of a samples file; a missing file has none.
+
+    A completion needs its text and a reward that `metrics.is_success` can decide on; anything
+    else is skipped and counted, so a damaged file still shows what it holds.
+    """
+    records, bad = jsonl.salvage(path)
+    kept = [r for r in records if "text" in r and _decidable(r)]
+    return kept, bad + len(records) - len(kept)
+
+
+def _decidable(sample: Mapping[str, Any]) -> bool:
+    try:
+        metrics.is_success(sample)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- what is there
+
+
+def missing_steps(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> dict[str, list[int]]:
+    """Configured (run, step) pairs without a scored row: not run yet, or failed."""
+    have = set(zip(summary["run"], summary["step"].astype(int), strict=True))
+    missing = {}
+    for run in runs.values():
+        lost = [s for s in run.steps if (run.name, s) not in have]
+        if lost:
+            missing[run.name] = lost
+    return missing
+
+
+def describe_missing(missing: Mapping[str, Sequence[int]]) -> str:
+    parts = [f"{run} step {', '.join(map(str, steps))}" for run, steps in missing.items()]
+    return "Missing (not run yet, or failed): " + "; ".join(parts) if parts else ""
+
+
+def run_order(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> list[str]:
+    """Configured runs first (config order), then any other run found in the data."""
+    extra = sorted(set(summary["run"]) - set(runs)) if len(summary) else []
+    return [*runs, *extra]

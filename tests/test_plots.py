@@ -1,0 +1,177 @@
+"""The `plots` stage on synthetic results: every figure compares runs, partial inputs are said."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from aha import plots
+from aha.report_inputs import read_train_log
+from tests.test_report import PARTIAL, PATTERNS, SWEEP, train_log_args, write_results
+
+# The file of each figure, as report.smk names them.
+FILES = {
+    "success": "success.svg",
+    "patterns": "success_by_pattern.svg",
+    "quality": "format_length.svg",
+    "behaviours": "behaviours.svg",
+    "training": "training.svg",
+}
+
+
+def run_plots(results: Path, runs: dict, out: Path, report_cfg: dict | None = None) -> None:
+    """The stage as rule report_plots runs it: every input and output path given."""
+    outputs = [arg for name, f in FILES.items() for arg in (f"--{name}", str(out / f))]
+    plots.cli(
+        [
+            "--summary", str(results / "summary.tsv"),
+            "--by-pattern", str(results / "summary_by_pattern.tsv"),
+            *train_log_args(results, runs),
+            "--runs", json.dumps(runs),
+            "--report", json.dumps(report_cfg or {"seed_reference": True}),
+            *outputs,
+        ],
+        prog="plots",
+    )  # fmt: skip
+
+
+def svg_text(path: Path) -> str:
+    """The text of an SVG's <text> elements (kept as text: svg.fonttype none), unescaped."""
+    import html
+
+    body = path.read_text(encoding="utf-8")
+    assert body.lstrip().startswith(("<?xml", "<svg"))
+    return html.unescape(" ".join(re.findall(r"<text[^>]*>(.*?)</text>", body, re.DOTALL)))
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    results = tmp_path_factory.mktemp("sweep")
+    runs = write_results(results, SWEEP)
+    run_plots(results, runs, results / "plots")
+    return results / "plots"
+
+
+def test_figures_match_the_rule_outputs() -> None:
+    """Every figure the stage draws has an output option, and the names in here are those."""
+    assert set(plots.FIGURES) == set(FILES)
+
+
+def test_every_figure_written_and_compares_runs(sweep: Path) -> None:
+    for name in FILES.values():
+        text = svg_text(sweep / name)
+        assert "qwen-a" in text and "tiny-b" in text, name  # hue = run: both in every legend
+    success = svg_text(sweep / "success.svg")
+    assert "Success rate on held-out prompts (95% interval)" in success
+    assert "pass@4" in success
+    assert "qwen-a step 0 (base model)" in success and "tiny-b step 0 (base model)" in success
+    assert plots.SEED_LABEL in success  # a Qwen Hub run and seed_reference on
+    assert "Missing" not in success
+    quality = svg_text(sweep / "format_length.svg")
+    for title in ("Format rate", "Completion length", "Truncated completions"):
+        assert title in quality
+    aha = svg_text(sweep / "behaviours.svg")
+    for title in ("Self-verification", "Backtracking", "Candidate equations tried"):
+        assert title in aha
+    patterns = svg_text(sweep / "success_by_pattern.svg")
+    for pattern in PATTERNS:
+        assert f"pattern {pattern} (n = 48)" in patterns  # 2 prompts x 4 samples x 3 steps x 2 runs
+
+
+def test_training_figure_has_a_panel_per_reward_function(sweep: Path) -> None:
+    text = svg_text(sweep / "training.svg")
+    for title in (
+        "Mean equation_reward",
+        "Mean format_reward",
+        "Total reward (weighted)",
+        "Reward std",
+        "KL to reference",  # one run logged KL: drawn, no note
+        "Completion length (tokens)",
+        "Learning rate",
+    ):
+        assert title in text
+    assert "KL not logged" not in text
+    assert "no training log" not in text.lower()
+
+
+def test_train_panels_one_per_reward_function(tmp_path: Path) -> None:
+    from tests.test_report import train_log, write_jsonl
+
+    path = tmp_path / "train_log.jsonl"
+    write_jsonl(path, train_log(3, kl=False))
+    panels = [key for key, _ in plots.train_panels(read_train_log(path, "r"))]
+    assert panels[:2] == ["rewards/equation_reward/mean", "rewards/format_reward/mean"]
+    assert "kl" in panels
+
+
+def test_partial_figures_say_what_is_missing(tmp_path: Path) -> None:
+    runs = write_results(tmp_path, PARTIAL)
+    (tmp_path / "summary_by_pattern.tsv").unlink()
+    run_plots(tmp_path, runs, tmp_path / "plots", {"seed_reference": True})
+    missing = "Missing (not run yet, or failed): tiny-a step 2, 4; tiny-b step 0, 2, 4"
+    for name in ("success.svg", "format_length.svg", "behaviours.svg"):
+        assert missing in svg_text(tmp_path / "plots" / name), name
+    success = svg_text(tmp_path / "plots" / "success.svg")
+    assert "tiny-a step 0 (base model)" in success
+    assert plots.SEED_LABEL not in success  # tiny runs only: the seed's numbers are not drawn
+    training = svg_text(tmp_path / "plots" / "training.svg")
+    assert training.count("no training log yet") == len(
+        plots.train_panels(read_train_log(None, "x"))
+    )
+    assert "No training log yet (not run, or empty): tiny-a, tiny-b" in training
+    patterns = svg_text(tmp_path / "plots" / "success_by_pattern.svg")
+    assert "no success-by-pattern table" in patterns
+
+
+def test_no_summary_at_all(tmp_path: Path) -> None:
+    run_plots(tmp_path, {"tiny-a": {"steps": [0, 2], "model": {"source": "tiny"}}}, tmp_path)
+    assert "no scored checkpoint yet" in svg_text(tmp_path / "success.svg")
+
+
+def test_train_log_of_an_unknown_run_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A log the rule passes for a run --runs lacks would be silently left off: refused."""
+    outputs = [arg for name in FILES for arg in (f"--{name}", str(tmp_path / name))]
+    argv = ["--summary", "s", "--runs", '{"a": {"steps": [0]}}', "--train-log", "b", "p"]
+    with pytest.raises(SystemExit):
+        plots.cli([*argv, *outputs], prog="plots")
+    assert "--train-log b: not a run of --runs (have: a)" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing drawn
+
+
+def test_seed_reference_follows_config_and_model(tmp_path: Path) -> None:
+    one = {"qwen-a": SWEEP["qwen-a"]}
+    runs = write_results(tmp_path, one)
+    run_plots(tmp_path, runs, tmp_path / "on", {"seed_reference": True})
+    run_plots(tmp_path, runs, tmp_path / "off", {"seed_reference": False})
+    assert plots.SEED_LABEL in svg_text(tmp_path / "on" / "success.svg")
+    assert plots.SEED_LABEL not in svg_text(tmp_path / "off" / "success.svg")
+    # a single run without KL (beta 0): the panel says why it is empty
+    runs_nokl = write_results(tmp_path / "nokl", {"tiny-b": SWEEP["tiny-b"]})
+    run_plots(tmp_path / "nokl", runs_nokl, tmp_path / "nokl" / "plots")
+    assert "KL not logged" in svg_text(tmp_path / "nokl" / "plots" / "training.svg")
+
+
+def test_share_axis_fits_small_rates_and_keeps_seed_stars_in_view() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 450], [0.03, 0.08])
+    ax.fill_between([0, 450], [0.02, 0.06], [0.04, 0.10])
+    plots.fit_share_axis(ax)
+    low, top = ax.get_ylim()
+    assert 0.10 < top < 0.13 and low <= 0.0  # 3% and 8% are a third and two thirds up
+    ax.scatter([100, 450], [0.25, 0.50])  # seed reference stars
+    plots.fit_share_axis(ax)
+    assert 0.50 < ax.get_ylim()[1] < 0.6
+    ax.plot([0, 450], [0.99, 1.0])  # a format rate: never past 100% (+ a margin)
+    plots.fit_share_axis(ax)
+    assert ax.get_ylim()[1] == pytest.approx(1.02)
+    plt.close(fig)
