@@ -488,3 +488,29 @@ def test_stop_request_treats_a_quick_repeat_as_the_same_request(monkeypatch) -> 
         assert killed == [signal.SIGTERM]
     finally:
         stop.uninstall()
+
+
+def test_a_blocked_stop_signal_reaches_the_watcher_thread_and_interrupts_no_thread() -> None:
+    """As in a training process (block_stop_signals first): SIGTERM to the process is taken by
+    the watcher's sigwait, so no thread's system call sees EINTR, and the request is recorded."""
+    from aha.train import StopRequest, block_stop_signals
+
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    block_stop_signals()
+    stop = StopRequest(debounce_s=5.0)
+    stop.install()
+    try:
+        assert stop._watcher is not None and stop._watcher.is_alive()
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while stop.signum is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.signum == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)  # the duplicate: ignored, the process lives
+        time.sleep(0.2)
+        assert stop._watcher.is_alive()
+        watcher = stop._watcher
+    finally:
+        stop.uninstall()
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    assert not watcher.is_alive()  # uninstall ends it: no thread left taking signals
