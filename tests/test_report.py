@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from aha import report_inputs, score
+from aha import aggregate, report_inputs, score
 
 HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
 QWEN = {"source": "hub", "name_or_path": "Qwen/Qwen2.5-3B-Instruct"}
@@ -108,7 +108,7 @@ def write_results(results: Path, spec: dict[str, dict[str, Any]]) -> dict[str, A
             write_jsonl(run_dir / "train_log.jsonl", train_log(max(s["steps"]), kl=log == "kl"))
         elif log == "empty":
             write_jsonl(run_dir / "train_log.jsonl", [])
-    summary, by_pattern = score.aggregate(records)
+    summary, by_pattern = aggregate.aggregate(records)
     summary.to_csv(results / "summary.tsv", sep="\t", index=False, na_rep="NA")
     by_pattern.to_csv(results / "summary_by_pattern.tsv", sep="\t", index=False, na_rep="NA")
     return {run: {"steps": s["steps"], "model": s["model"]} for run, s in spec.items()}

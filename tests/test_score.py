@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from aha.__main__ import main
-from aha.score import BY_PATTERN_COLUMNS, SUMMARY_COLUMNS
+from aha.aggregate import BY_PATTERN_COLUMNS
+from aha.score import SUMMARY_COLUMNS
 
 # (prompt, equation reward, format reward, tokens, truncated, text); k = 3 samples per prompt.
 # Behaviours by hand: A verify+backtrack, 2 candidates; B 1; C verify, 1; E backtrack, 2
@@ -63,8 +64,12 @@ def _write_samples(path: Path, rows=ROWS, run: str = "tiny-cpu", step: int = 50)
     return path
 
 
-def _score(samples: Path, out: Path, *extra: str) -> dict:
-    main(["score", "--samples", str(samples), "--out", str(out), *extra])
+def _score(samples: Path, out: Path, run: str | None = None, step: int | None = None) -> dict:
+    """Score as the rule does, which passes its {run} and {step} wildcards: by default those
+    of a samples path .../runs/RUN/samples/step-N.jsonl."""
+    run = run or samples.parent.parent.name
+    step = int(samples.stem.removeprefix("step-")) if step is None else step
+    main(["score", "--samples", str(samples), "--out", str(out), "--run", run, "--step", str(step)])
     return json.loads(out.read_text())
 
 
@@ -129,7 +134,7 @@ def test_score_every_field_by_hand(tmp_path: Path) -> None:
 def test_score_empty_file_gives_nulls(tmp_path: Path) -> None:
     samples = _write_samples(tmp_path / "runs" / "r1" / "samples" / "step-0.jsonl", rows=[])
     got = _score(samples, tmp_path / "out.json")
-    assert got["run"] == "r1" and got["step"] == 0  # from the path
+    assert got["run"] == "r1" and got["step"] == 0  # the rule's wildcards
     assert got["n_completions"] == 0 and got["n_prompts"] == 0
     assert got["success_by_pattern"] == {}
     nulls = set(SUMMARY_COLUMNS) - {"run", "step", "n_prompts", "n_completions"}
@@ -138,14 +143,14 @@ def test_score_empty_file_gives_nulls(tmp_path: Path) -> None:
 
 def test_score_run_and_step_must_agree(tmp_path: Path) -> None:
     samples = _write_samples(tmp_path / "elsewhere.jsonl", run="a", step=100)
-    got = _score(samples, tmp_path / "a.json")
+    got = _score(samples, tmp_path / "a.json", "a", 100)
     assert (got["run"], got["step"]) == ("a", 100)
-    with pytest.raises(ValueError, match="expected"):
-        _score(samples, tmp_path / "b.json", "--step", "50")
+    with pytest.raises(ValueError, match=r"rows are \(a, 100\), expected \(a, 50\)"):
+        _score(samples, tmp_path / "b.json", "a", 50)
+    with pytest.raises(SystemExit):  # the rule always names them: no guessing from a path
+        main(["score", "--samples", str(samples), "--out", str(tmp_path / "c.json")])
     empty = _write_samples(tmp_path / "empty.jsonl", rows=[])
-    with pytest.raises(ValueError, match="--run and --step"):
-        _score(empty, tmp_path / "c.json")
-    got = _score(empty, tmp_path / "c.json", "--run", "x", "--step", "7")
+    got = _score(empty, tmp_path / "c.json", "x", 7)
     assert (got["run"], got["step"], got["k"]) == ("x", 7, None)
 
 
@@ -153,10 +158,10 @@ def test_score_refuses_incomplete_lines(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"run": "a", "step": 0, "prompt_id": 0}) + "\n")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: missing keys sample_index"):
-        _score(path, tmp_path / "out.json")
+        _score(path, tmp_path / "out.json", "a", 0)
     path.write_text("\n" + ROWS_JSON_CUT)
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
-        _score(path, tmp_path / "out.json")
+        _score(path, tmp_path / "out.json", "a", 0)
 
 
 def test_aggregate_sorts_rows_and_keeps_exact_columns(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "train": ("aha.train", "GRPO training of one run with TRL; checkpoints at configured steps"),
     "sample": ("aha.sample", "sample completions for the eval prompts from one checkpoint"),
     "score": ("aha.score", "success rate, pass@k, format, lengths and aha behaviours"),
-    "aggregate": ("aha.score", "collect every score file into results/summary.tsv"),
+    "aggregate": ("aha.aggregate", "collect every score file into results/summary.tsv"),
     "plots": ("aha.plots", "seaborn figures for the report"),
     "tables": ("aha.tables", "HTML tables for the report"),
     "check-gpu": ("aha.gpu", "check CUDA, GPU packages and the model before a GPU run"),

@@ -44,7 +44,8 @@ rule score:
     conda:
         "../envs/aha.yaml"
     shell:
-        "python -m aha score --samples {input} --out {output} > {log} 2>&1"
+        "python -m aha score --samples {input} --run {wildcards.run} --step {wildcards.step} "
+        "--out {output} > {log} 2>&1"
 
 
 rule aggregate:
