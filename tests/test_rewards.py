@@ -22,6 +22,8 @@ from aha.rewards import (
     extract_answer,
     format_ok,
     format_reward,
+    parse_expression,
+    parse_tokens,
     uses_numbers,
 )
 
@@ -166,6 +168,39 @@ def test_evaluate() -> None:
     assert evaluate("((1))") == 1
     for bad in ("1 / 0", "1 / (2 - 2)", "1 2", "()", "", "-1", "2 ** 3", "1e3", "0x10", "1_000"):
         assert evaluate(bad) is None, bad
+
+
+def _tree_value(tree: object) -> Fraction | None:
+    if isinstance(tree, int):
+        return Fraction(tree)
+    op, left, right = tree  # type: ignore[misc]
+    a, b = _tree_value(left), _tree_value(right)
+    if a is None or b is None:
+        return None
+    if op == "/":
+        return a / b if b else None
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def test_parse_expression_is_the_grammar_evaluate_uses() -> None:
+    assert parse_expression("(12 - 7) * 3") == ("*", ("-", 12, 7), 3)
+    assert parse_expression("12 + 5 * 3") == ("+", 12, ("*", 5, 3))
+    assert parse_expression("20 - 14 - 1") == ("-", ("-", 20, 14), 1)
+    assert parse_expression("42") == 42
+    for bad in ("2 ** 3", "__import__('os')", "(1 + 2", "1 +", "1 2", "-1", "1 = 1", None):
+        assert parse_expression(bad) is None, bad
+    assert parse_expression("1 + " * 64 + "1") is None  # over MAX_LITERALS
+    # Operands may be any token but + - * / ( ): aha.behaviours passes number strings.
+    assert parse_tokens(["2.5", "*", "(", "4", ")"]) == ("*", "2.5", "4")
+    assert parse_tokens(["(", "2.5", ")", ")"]) is None
+    rng = random.Random(0)
+    parsed = 0
+    for _ in range(3000):
+        text = "".join(rng.choice("1230 +-*/()") for _ in range(rng.randint(1, 12)))
+        tree = parse_expression(text)
+        parsed += tree is not None
+        assert evaluate(text) == (None if tree is None else _tree_value(tree)), text
+    assert parsed > 100
 
 
 def test_length_mismatch_is_a_caller_error() -> None:

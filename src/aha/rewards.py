@@ -18,15 +18,19 @@ Where this module differs, and why:
   nesting at MAX_DEPTH, the parser is iterative, and the number multiset is checked before any
   arithmetic. A catch-all still turns any surprise into 0.0: a reward must never raise.
 
+This is the project's one expression parser (`parse_expression`, `parse_tokens`): the operator
+pattern of a solution (aha.countdown) and the candidate equations of a thinking (aha.behaviours)
+are read by the same grammar that scores an answer.
+
 Pure Python: no torch, no transformers.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
 MAX_COMPLETION_CHARS = 32_768  # ~8k tokens; the seed's completions are at most 1,024 tokens
 MAX_ANSWER_CHARS = 256  # a 6-number answer with parentheses needs ~40
@@ -42,7 +46,12 @@ FORMAT_RE = re.compile(
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 _BLANKS = frozenset(" \t\r\f\v")
 _OPERATORS = {"+": 1, "-": 1, "*": 2, "/": 2}
+_SYMBOLS = frozenset("+-*/()")
 _INT_RE = re.compile(rf"-?[0-9]{{1,{MAX_LITERAL_DIGITS}}}")
+
+T = TypeVar("T")
+# An expression tree: an operand leaf, or (op, left, right); aha.countdown.Tree with int leaves.
+Node = Any
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -145,79 +154,127 @@ def _tokenize(expr: str) -> list[int | str] | None:
     return tokens
 
 
-def _apply(values: list[tuple[int, int]], op: str) -> bool:
-    """Pop two (numerator, denominator>0) values, push `a op b`; False on division by zero."""
-    bn, bd = values.pop()
-    an, ad = values.pop()
+def _rational(op: str, a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int] | None:
+    """`a op b` over (numerator, denominator > 0) pairs; None on division by zero."""
+    (an, ad), (bn, bd) = a, b
     if op == "+":
-        values.append((an * bd + bn * ad, ad * bd))
-    elif op == "-":
-        values.append((an * bd - bn * ad, ad * bd))
-    elif op == "*":
-        values.append((an * bn, ad * bd))
-    else:
-        if bn == 0:
-            return False
-        n, d = an * bd, ad * bn
-        values.append((-n, -d) if d < 0 else (n, d))
-    return True
+        return an * bd + bn * ad, ad * bd
+    if op == "-":
+        return an * bd - bn * ad, ad * bd
+    if op == "*":
+        return an * bn, ad * bd
+    if bn == 0:
+        return None
+    n, d = an * bd, ad * bn
+    return (-n, -d) if d < 0 else (n, d)
 
 
-def _evaluate(tokens: Sequence[int | str]) -> tuple[int, int] | None:
-    """Exact value of infix tokens, as (numerator, denominator > 0), or None.
+def _node(op: str, a: Node, b: Node) -> Node:
+    return op, a, b
+
+
+def _fold(
+    tokens: Sequence[Any],
+    leaf: Callable[[Any], T],
+    combine: Callable[[str, T, T], T | None],
+) -> T | None:
+    """`combine` folded over infix tokens in precedence order, or None; the one grammar.
 
     Iterative operator-precedence parse (left-associative, * / over + -) that also checks the
     grammar: operands and binary operators alternate, parentheses balance within MAX_DEPTH.
+    An operand is any token other than + - * / ( ); `combine` returning None (division by
+    zero) ends the parse with None.
     """
-    values: list[tuple[int, int]] = []
+    values: list[T] = []
     ops: list[str] = []
     want_operand, depth = True, 0
+
+    def reduce() -> bool:
+        b, a = values.pop(), values.pop()
+        result = combine(ops.pop(), a, b)
+        values.append(result)  # type: ignore[arg-type]
+        return result is not None
+
     for tok in tokens:
+        symbol = tok if type(tok) is str and tok in _SYMBOLS else None
         if want_operand:
-            if type(tok) is int:
-                values.append((tok, 1))
+            if symbol is None:
+                values.append(leaf(tok))
                 want_operand = False
-            elif tok == "(":
+            elif symbol == "(":
                 depth += 1
                 if depth > MAX_DEPTH:
                     return None
-                ops.append(tok)
+                ops.append(symbol)
             else:
                 return None  # an operator where an operand belongs: unary sign, **, //, ")"
-        elif tok == ")":
+        elif symbol == ")":
             if depth == 0:
                 return None
             while ops[-1] != "(":
-                if not _apply(values, ops.pop()):
+                if not reduce():
                     return None
             ops.pop()
             depth -= 1
-        elif tok in _OPERATORS:
-            prec = _OPERATORS[tok]
+        elif symbol in _OPERATORS:
+            prec = _OPERATORS[symbol]
             while ops and ops[-1] != "(" and _OPERATORS[ops[-1]] >= prec:
-                if not _apply(values, ops.pop()):
+                if not reduce():
                     return None
-            ops.append(tok)  # type: ignore[arg-type]
+            ops.append(symbol)
             want_operand = True
         else:
-            return None  # a number or "(" right after an operand
+            return None  # an operand or "(" right after an operand
     if want_operand or depth:
         return None
     while ops:
-        if not _apply(values, ops.pop()):
+        if not reduce():
             return None
     return values[0]
+
+
+def _evaluate(tokens: Sequence[int | str]) -> tuple[int, int] | None:
+    """Exact value of infix tokens, as (numerator, denominator > 0), or None."""
+    return _fold(tokens, lambda n: (n, 1), _rational)
+
+
+def parse_tokens(tokens: Sequence[Any]) -> Node | None:
+    """The expression tree of infix tokens, or None when they break the grammar of `_fold`.
+
+    Operands stay as given (ints here, number strings for `aha.behaviours`); the tree is
+    (op, left, right) with equal precedence associating left, as the text reads.
+    """
+    return _fold(tokens, lambda t: t, _node)
+
+
+def _bounded_tokens(expr: Any) -> list[int | str] | None:
+    """`expr`'s tokens within MAX_ANSWER_CHARS and MAX_LITERALS, else None."""
+    if not isinstance(expr, str) or len(expr) > MAX_ANSWER_CHARS:
+        return None
+    tokens = _tokenize(expr)
+    if tokens is None or sum(type(t) is int for t in tokens) > MAX_LITERALS:
+        return None
+    return tokens
+
+
+def parse_expression(expr: str) -> Node | None:
+    """Tree of an arithmetic expression (integers, + - * /, parentheses), or None; never raises.
+
+    Bounded like `evaluate`: the same tokenizer, grammar and caps. A trailing '= N' is not
+    part of the grammar: callers that accept one cut it off first.
+    """
+    try:
+        tokens = _bounded_tokens(expr)
+        return None if tokens is None else parse_tokens(tokens)
+    except Exception:
+        return None
 
 
 def evaluate(expr: str) -> Fraction | None:
     """Exact value of an arithmetic expression (integers, + - * /, parentheses), or None."""
     try:
-        if not isinstance(expr, str) or len(expr) > MAX_ANSWER_CHARS:
-            return None
-        tokens = _tokenize(expr)
-        if tokens is None or sum(type(t) is int for t in tokens) > MAX_LITERALS:
-            return None
-        value = _evaluate(tokens)
+        tokens = _bounded_tokens(expr)
+        value = None if tokens is None else _evaluate(tokens)
         return None if value is None else Fraction(*value)
     except Exception:
         return None
