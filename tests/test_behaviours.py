@@ -143,6 +143,7 @@ def test_backtrack_negative(text: str) -> None:
         ("7 = 7 and 27 = 27", 0),  # no operator
         ("4 + 5 = ? and 4 + 5 =", 0),  # no result
         ("\\( 6 \\times 7 = 42 \\) and 6 x 8 = 48 and 6 ÷ 3 = 2", 3),
+        ("2.5 * 4 = 10 and 10 / 0.5 = 20", 1),  # decimals are operands; a chain
         ("target 27 12 + 3 = 15", 1),  # the longest well-formed left side: 12 + 3
         ("12) + 3 = 15", 0),  # no well-formed suffix holds an operator
         ("4 + 5 = -1, -1 + 2 = 1", 2),  # a negative result is not matched to an operand

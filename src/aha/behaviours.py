@@ -4,7 +4,8 @@ The seed only eyeballed these; here they are counted, so a checkpoint's curve ca
 behaviour rise or fall. Every phrase is in one table (`BEHAVIOURS`), documented in
 docs/behaviours.md. The detectors read model output, which is hostile input: only the first
 `MAX_SCAN_CHARS` characters of the thinking are scanned, every regex is a plain alternation
-without nested quantifiers, and nothing is evaluated.
+without nested quantifiers, and nothing is evaluated: an equation's left side is parsed by
+the reward's grammar (`aha.rewards.parse_tokens`), never computed.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from aha import rewards
 
 MAX_SCAN_CHARS = 16_000  # ~4k tokens: longer than any configured completion
 THINK_END = "</think>"
@@ -131,26 +134,12 @@ def _tokens(text: str) -> list[tuple[str, str]]:
 
 
 def _valid_expression(tokens: list[tuple[str, str]]) -> bool:
-    """operand (op operand)+ where operand = '('* number ')'*, parentheses balanced."""
-    depth, expect_operand, ops = 0, True, 0
-    for kind, value in tokens:
-        if expect_operand:
-            if kind == "paren" and value == "(":
-                depth += 1
-            elif kind == "num":
-                expect_operand = False
-            else:
-                return False
-        elif kind == "paren" and value == ")":
-            depth -= 1
-            if depth < 0:
-                return False
-        elif kind == "op":
-            ops += 1
-            expect_operand = True
-        else:
-            return False
-    return not expect_operand and depth == 0 and ops >= 1
+    """An expression by the reward's grammar (`aha.rewards.parse_tokens`), with an operator.
+
+    Operands are number strings here (decimals too: a model writes '2.5 * 4 = 10'); nothing
+    is evaluated.
+    """
+    return isinstance(rewards.parse_tokens([value for _, value in tokens]), tuple)
 
 
 def _equations(text: str) -> list[tuple[str, list[str], str]]:
