@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from aha import countdown, rewards
+from aha import generator, rewards
 
 PROSE = (
     "let me try combining the numbers first then check if it equals the target maybe "
@@ -41,7 +41,7 @@ def thought(rng: random.Random, nums: list[int], target: int, steps: int) -> str
 
 def completions(n: int, seed: int) -> tuple[list[str], list[int], list[list[int]], list[str]]:
     rng = random.Random(seed)
-    tasks = countdown.generate(400, seed=seed, progress=False)
+    tasks = generator.generate(400, seed=seed, progress=False)
     texts, targets, numbers, kinds = [], [], [], []
     hostile = [
         "<answer>" + "9**" * 60 + "9</answer>",

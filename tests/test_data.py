@@ -1,4 +1,5 @@
-"""Stage prepare-data: its CLI on generated, local-file and (offline) Hub sources."""
+"""Stage prepare-data: its CLI on generated, local-file and (offline) Hub sources; its loaders,
+splits and the split reader the later stages use."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pandas as pd
 import pytest
 
 from aha import countdown, data
+from aha.countdown import Task
+from aha.data import DataSourceError
 from aha.rewards import check_equation
 
 TINY = {
@@ -162,3 +165,87 @@ def test_help_documents_arguments(capsys) -> None:
     text = capsys.readouterr().out
     for arg in ("--dataset", "--out-dir", "--solve-budget-s", "balance_patterns"):
         assert arg in text
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def test_load_path_parquet_and_jsonl(tmp_path) -> None:
+    rows = [{"target": 65, "nums": [19, 36, 55, 7]}, {"target": 24, "nums": [1, 5, 5, 5]}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    want = [Task((19, 36, 55, 7), 65), Task((1, 5, 5, 5), 24)]
+    assert data.load_path(tmp_path / "t.parquet") == want
+    assert data.load_path(tmp_path / "t.jsonl") == want
+
+
+def test_load_path_errors(tmp_path) -> None:
+    (tmp_path / "a.jsonl").write_text('{"target": 3}\n')
+    with pytest.raises(DataSourceError, match=r"missing column.*nums"):
+        data.load_path(tmp_path / "a.jsonl")
+    (tmp_path / "b.jsonl").write_text('{"target": 3, "nums": ["x", 2]}\n')
+    with pytest.raises(DataSourceError, match="row 0"):
+        data.load_path(tmp_path / "b.jsonl")
+    (tmp_path / "c.csv").write_text("target,nums\n")
+    with pytest.raises(DataSourceError, match=r"parquet or \.jsonl"):
+        data.load_path(tmp_path / "c.csv")
+    with pytest.raises(DataSourceError, match="does not exist"):
+        data.load_path(tmp_path / "nope.parquet")
+
+
+def test_load_hub_unreachable_names_the_fix(monkeypatch) -> None:
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub\nsecond line")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataSourceError) as err:
+        data.load_hub("Jiayi-Pan/Countdown-Tasks-3to4", "train")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "dataset.source: generate" in message and "dataset.source: path" in message
+    assert "ConnectionError: Couldn't reach the Hub" in message
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def test_split_matches_datasets_with_a_seed() -> None:
+    """Same rows as the seed's shuffle(seed).select(n) + train_test_split(test_size, seed)."""
+    from datasets import Dataset
+
+    ds = Dataset.from_dict({"i": list(range(300))})
+    sub = ds.shuffle(seed=111).select(range(200))
+    ref = sub.train_test_split(test_size=0.1, seed=7)
+    split = data.split_indices(300, 111, 200, 0.1, 7, 5)
+    assert split.train == ref["train"]["i"]
+    assert split.test == ref["test"]["i"]
+    assert split.eval == split.test[:5]
+
+
+def test_split_reproducible_and_disjoint() -> None:
+    a = data.split_indices(1000, 1, 600, 0.1, 2, 20)
+    assert a == data.split_indices(1000, 1, 600, 0.1, 2, 20)
+    assert len(a.train) + len(a.test) == 600 and len(a.test) == 60
+    assert not set(a.train) & set(a.test)
+    b = data.split_indices(1000, 1, 600, 0.1, 3, 20)
+    assert set(a.test) != set(b.test) and set(a.train + a.test) == set(b.train + b.test)
+
+
+def test_split_errors_name_the_key() -> None:
+    with pytest.raises(ValueError, match=r"dataset\.num_samples"):
+        data.split_indices(10, 1, 20, 0.1, 1, 1)
+    with pytest.raises(ValueError, match=r"dataset\.eval_size"):
+        data.split_indices(100, 1, 100, 0.1, 1, 50)
+
+
+def test_label_respects_its_budget() -> None:
+    tasks = [Task((1, 2, 3), 6), Task((1, 1, 1), 99), Task((2, 2), 4)]
+    done = data.label(tasks, [1, 0, 2], budget_s=60)
+    assert done == {1: None, 0: countdown.simplest((1, 2, 3), 6), 2: ("+", "2 + 2")}
+    assert done[0][0] == "++"
+    ticks = iter([0.0, 0.0, 100.0])
+    assert data.label(tasks * 200, list(range(600)), 1.0, clock=lambda: next(ticks)) == {
+        i: countdown.simplest(t.nums, t.target) for i, t in enumerate((tasks * 200)[:256])
+    }

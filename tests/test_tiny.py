@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from aha import countdown, prompts, rewards, tiny, traces
+from aha import countdown, generator, prompts, rewards, tiny, traces
 from aha.config import ConfigError
 from aha.sections import TinySpec, section
 
@@ -38,7 +38,7 @@ SMALL = {
 
 def some_traces(n: int = 200, seed: int = 0, give_up_rate: float = 0.5) -> list[traces.Trace]:
     rng = random.Random(seed)
-    tasks = countdown.generate(n, seed=3, num_counts=[3], number_range=(1, 20))
+    tasks = generator.generate(n, seed=3, num_counts=[3], number_range=(1, 20))
     return [
         traces.make_trace(s.task.nums, s.task.target, rng, give_up_rate=give_up_rate, max_wrong=2)
         for s in tasks
@@ -230,7 +230,7 @@ def test_max_value_caps_every_stated_step_where_the_task_allows():
 def test_answer_slip_writes_the_last_step_which_the_equation_reward_refuses():
     assert traces.slip_text(traces.parse("(9 + 4) + 1")) == "13 + 1"
     assert traces.slip_text(traces.parse("20 - (14 - 1)")) == "20 - 13"
-    tasks = countdown.generate(300, seed=3, num_counts=[3], number_range=(1, 10))
+    tasks = generator.generate(300, seed=3, num_counts=[3], number_range=(1, 10))
     for s in tasks:
         plain = traces.make_trace(s.task.nums, s.task.target, random.Random(s.task.target))
         slipped = traces.make_trace(
@@ -297,7 +297,7 @@ def test_cli_help_documents_every_argument(capsys):
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("build")
-    tasks = countdown.generate(300, seed=11, num_counts=[3], number_range=(1, 20))
+    tasks = generator.generate(300, seed=11, num_counts=[3], number_range=(1, 20))
     rows = [
         {
             "id": i,

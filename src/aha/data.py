@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from aha import countdown
+from aha import countdown, generator, jsonl
 from aha.sections import DatasetConfig, section
 
 log = logging.getLogger("aha.data")
@@ -29,6 +30,192 @@ log = logging.getLogger("aha.data")
 SPLITS = ("train", "test", "eval")
 COLUMNS = ("id", "nums", "target", "pattern", "solution")
 DEFAULT_SOLVE_BUDGET_S = 300.0
+
+
+# ----------------------------------------------------------------------------- sources
+
+HUB_HINT = (
+    "set `dataset.source: generate` (offline generator) or `dataset.source: path` "
+    "(a local parquet/jsonl with columns target, nums)"
+)
+
+
+class DataSourceError(RuntimeError):
+    """A task source that cannot be read; the message is one line and names the fix."""
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+
+
+def load_hub(name: str, split: str = "train") -> list[countdown.Task]:
+    """Tasks of a Hub dataset (columns target, nums) via `datasets.load_dataset`.
+
+    Offline or unreachable, this raises DataSourceError with one line naming the fix.
+    """
+    try:
+        from datasets import load_dataset
+
+        ds = load_dataset(name, split=split)
+    except Exception as err:  # offline, unreachable, unknown name/split: all end here
+        raise DataSourceError(
+            f"cannot load {name!r} (split {split!r}) from the Hugging Face Hub "
+            f"({_first_line(err)}); offline? {HUB_HINT}"
+        ) from err
+    missing = {"target", "nums"} - set(ds.column_names)
+    if missing:
+        raise DataSourceError(f"{name}: missing column(s) {', '.join(sorted(missing))}")
+    return _tasks(ds["nums"], ds["target"], source=name)
+
+
+def load_path(path: str | Path) -> list[countdown.Task]:
+    """Tasks from a local .parquet or .jsonl file with columns `target` and `nums`."""
+    path = Path(path)
+    if not path.exists():
+        raise DataSourceError(f"dataset.path: {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        columns = set(table.column_names)
+        rows = {c: table.column(c).to_pylist() for c in ("nums", "target") if c in columns}
+    elif suffix in {".jsonl", ".json"}:
+        rows = {"nums": [], "target": []}
+        columns = {"nums", "target"}
+        try:
+            for _, record in jsonl.records(path):
+                columns &= set(record)
+                if columns != {"nums", "target"}:
+                    break
+                rows["nums"].append(record["nums"])
+                rows["target"].append(record["target"])
+        except ValueError as err:
+            raise DataSourceError(str(err)) from None
+    else:
+        raise DataSourceError(f"dataset.path: {path}: expected a .parquet or .jsonl file")
+    missing = {"nums", "target"} - columns
+    if missing:
+        raise DataSourceError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return _tasks(rows["nums"], rows["target"], source=str(path))
+
+
+def _as_int(x: Any) -> int:
+    if isinstance(x, bool):
+        raise TypeError("bool")
+    if isinstance(x, float):
+        if not x.is_integer():
+            raise ValueError(x)
+        return int(x)
+    return int(x) if not isinstance(x, str) else int(x.strip())
+
+
+def _tasks(nums_col: Sequence[Any], target_col: Sequence[Any], source: str) -> list[countdown.Task]:
+    out = []
+    for i, (nums, target) in enumerate(zip(nums_col, target_col, strict=True)):
+        try:
+            ns = tuple(_as_int(n) for n in nums)
+            t = _as_int(target)
+        except (TypeError, ValueError):
+            raise DataSourceError(
+                f"{source}: row {i}: nums must be a list of integers and target an integer "
+                f"(got nums={nums!r}, target={target!r})"
+            ) from None
+        if not ns:
+            raise DataSourceError(f"{source}: row {i}: empty nums")
+        out.append(countdown.Task(ns, t))
+    return out
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class Split:
+    """Row indices (into the loaded task list) of each split; eval is a prefix of test."""
+
+    train: list[int]
+    test: list[int]
+    eval: list[int]
+
+
+def split_indices(
+    n_tasks: int,
+    shuffle_seed: int,
+    num_samples: int,
+    test_size: float,
+    split_seed: int,
+    eval_size: int,
+) -> Split:
+    """Reproducible shuffle, subsample, train/test split and fixed eval subset.
+
+    Same indices as the seed notebook's `ds.shuffle(seed=shuffle_seed).select(range(n))`
+    followed by `train_test_split(test_size, seed=split_seed)` (the notebook passed no seed;
+    here it is fixed): both draw `numpy.random.default_rng(seed).permutation`. The eval set is
+    the first `eval_size` rows of the (already random) test split.
+    """
+    import numpy as np
+
+    if num_samples > n_tasks:
+        raise ValueError(
+            f"dataset.num_samples ({num_samples}) exceeds the {n_tasks} tasks available: lower "
+            "it (or generate more with dataset.generate.num_tasks)"
+        )
+    if not 0 < test_size < 1:
+        raise ValueError(f"dataset.test_size must lie in (0, 1), got {test_size}")
+    keep = np.random.default_rng(shuffle_seed).permutation(n_tasks)[:num_samples]
+    n_test = math.ceil(test_size * num_samples)
+    n_train = num_samples - n_test
+    if n_train < 1:
+        raise ValueError(f"dataset.test_size {test_size} leaves no training tasks")
+    order = np.random.default_rng(split_seed).permutation(num_samples)
+    test = [int(keep[i]) for i in order[:n_test]]
+    train = [int(keep[i]) for i in order[n_test:]]
+    if eval_size > len(test):
+        raise ValueError(
+            f"dataset.eval_size ({eval_size}) exceeds the test split ({len(test)} tasks): lower "
+            "it or raise dataset.num_samples / dataset.test_size"
+        )
+    return Split(train=train, test=test, eval=test[:eval_size])
+
+
+def _iter_chunks(xs: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(xs), size):
+        yield xs[i : i + size]
+
+
+def label(
+    tasks: Sequence[countdown.Task],
+    order: Sequence[int],
+    budget_s: float,
+    progress: bool = False,
+    clock: Callable[[], float] | None = None,
+) -> dict[int, tuple[str, str] | None]:
+    """Solve tasks in `order` until `budget_s` runs out: {index: (pattern, solution) | None}.
+
+    Indices not reached are absent (unknown), so a huge Hub set costs bounded time.
+    """
+    clock = clock or time.perf_counter
+    start = clock()
+    out: dict[int, tuple[str, str] | None] = {}
+    bar = generator.progress_bar(len(order), "solve tasks", progress)
+    for chunk in _iter_chunks(order, 256):
+        if clock() - start > budget_s:
+            log.warning(
+                "solver budget %.0f s spent: %d of %d tasks labelled",
+                budget_s,
+                len(out),
+                len(order),
+            )
+            break
+        for i in chunk:
+            t = tasks[i]
+            if len(t.nums) <= countdown.MAX_SOLVER_NUMBERS:  # larger tasks stay unknown
+                out[i] = countdown.simplest(t.nums, t.target)
+        bar.update(len(chunk))
+    bar.close()
+    return out
 
 
 # ----------------------------------------------------------------------------- stages
@@ -40,10 +227,10 @@ def load_tasks(
     """(tasks, labels): generated tasks come labelled; Hub/path tasks get labels later."""
     if cfg.source == "hub":
         log.info("loading %s (split %s) from the Hugging Face Hub", cfg.name, cfg.split)
-        return countdown.load_hub(cfg.name, cfg.split), {}
+        return load_hub(cfg.name, cfg.split), {}
     if cfg.source == "path":
         log.info("loading tasks from %s", cfg.path)
-        return countdown.load_path(cfg.path), {}  # type: ignore[arg-type]
+        return load_path(cfg.path), {}  # type: ignore[arg-type]
     g = cfg.generate
     n = g.num_tasks or cfg.num_samples
     log.info(
@@ -55,7 +242,7 @@ def load_tasks(
         g.balance_patterns,
         cfg.shuffle_seed,
     )
-    solved = countdown.generate(
+    solved = generator.generate(
         n,
         seed=cfg.shuffle_seed,
         num_counts=g.num_counts,
@@ -105,7 +292,7 @@ def data_card(
     cfg: DatasetConfig,
     tasks: Sequence[countdown.Task],
     labels: Mapping[int, tuple[str, str] | None],
-    split: countdown.Split,
+    split: Split,
     solve_budget_s: float | None,
 ) -> dict[str, Any]:
     """What the splits hold: counts, seeds, solvable share, histograms, pattern counts."""
@@ -174,7 +361,7 @@ def prepare(
     start = time.perf_counter()
     tasks, labels = load_tasks(cfg)
     log.info("%d tasks loaded", len(tasks))
-    split = countdown.split_indices(
+    split = split_indices(
         len(tasks), cfg.shuffle_seed, cfg.num_samples, cfg.test_size, cfg.split_seed, cfg.eval_size
     )
     log.info(
@@ -194,7 +381,7 @@ def prepare(
             len(order),
             budget,
         )
-        labels = countdown.label(tasks, order, budget, progress=True)
+        labels = label(tasks, order, budget, progress=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train", split.train), ("test", split.test), ("eval", split.eval)):
         path = out_dir / f"{name}.parquet"
@@ -242,5 +429,5 @@ def cli(argv: list[str], prog: str) -> None:
         prepare(cfg, args.out_dir, args.solve_budget_s)
     except json.JSONDecodeError as err:
         raise SystemExit(f"{prog}: --dataset is not JSON: {err}") from None
-    except (countdown.DataSourceError, ValueError) as err:  # config errors: one line
+    except (DataSourceError, ValueError) as err:  # config errors: one line
         raise SystemExit(f"{prog}: {err}") from None
