@@ -208,6 +208,17 @@ def test_load_hub_unreachable_names_the_fix(monkeypatch) -> None:
     assert "ConnectionError: Couldn't reach the Hub" in message
 
 
+def test_read_split_is_the_one_reader_of_the_split_files(tmp_path: Path) -> None:
+    out = prepare(tmp_path, TINY)
+    train = data.read_split(out / "train.parquet")
+    assert list(train.columns) == list(data.COLUMNS) and list(train.index) == list(range(540))
+    with pytest.raises(DataSourceError, match="no such split; run the prepare_dataset rule"):
+        data.read_split(out / "nope.parquet")
+    pd.DataFrame({"nums": [[1, 2]]}).to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataSourceError, match=r"missing column\(s\) target"):
+        data.read_split(tmp_path / "bad.parquet")
+
+
 # ----------------------------------------------------------------------------- splits
 
 

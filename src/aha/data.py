@@ -20,10 +20,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aha import countdown, generator, jsonl
 from aha.sections import DatasetConfig, section
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("aha.data")
 
@@ -126,6 +129,24 @@ def _tasks(nums_col: Sequence[Any], target_col: Sequence[Any], source: str) -> l
             raise DataSourceError(f"{source}: row {i}: empty nums")
         out.append(countdown.Task(ns, t))
     return out
+
+
+def read_split(path: str | Path) -> pd.DataFrame:
+    """One split file this stage wrote (columns nums and target at least), rows from 0.
+
+    The one reader of train/test/eval.parquet for the later stages (warm start, training,
+    sampling), so each names a missing file or column the same way: DataSourceError.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataSourceError(f"{path}: no such split; run the prepare_dataset rule first")
+    frame = pd.read_parquet(path)
+    missing = {"nums", "target"} - set(frame.columns)
+    if missing:
+        raise DataSourceError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+    return frame.reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- splits

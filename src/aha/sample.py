@@ -26,14 +26,13 @@ import argparse
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import prompts, rewards
-from aha.checkpoints import CheckpointError, Manifest
+from aha import data, prompts, rewards
+from aha.checkpoints import CheckpointError, Manifest, write_atomic
 from aha.config import ConfigError
 from aha.sample_vllm import Completion
 from aha.sections import Sampling, section
@@ -100,19 +99,15 @@ def resolve_model(arg: str) -> ModelRef:
 
 def load_tasks(path: Path) -> pd.DataFrame:
     """The eval split: id, nums, target, pattern (id = row number and pattern = None if absent)."""
-    import pandas as pd
-
-    if not Path(path).is_file():
-        raise SampleError(f"{path}: no eval split; run the prepare_dataset rule first")
-    frame = pd.read_parquet(path)
-    missing = {"nums", "target"} - set(frame.columns)
-    if missing:
-        raise SampleError(f"{path}: missing columns {', '.join(sorted(missing))}")
+    try:
+        frame = data.read_split(path)
+    except data.DataSourceError as err:
+        raise SampleError(str(err)) from None
     if "id" not in frame.columns:
         frame["id"] = range(len(frame))
     if "pattern" not in frame.columns:
         frame["pattern"] = None
-    return frame.reset_index(drop=True)
+    return frame
 
 
 # ----------------------------------------------------------------------------- HF backend
@@ -340,13 +335,8 @@ def to_records(
 
 
 def write_jsonl(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """All lines at once through a temporary file: a killed job leaves no half file behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for record in records:
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    """All lines at once through `write_atomic`: a killed job leaves no half file behind."""
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def sample(

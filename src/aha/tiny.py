@@ -40,7 +40,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from aha import prompts, rewards, traces
+from aha import data, prompts, rewards, traces
 from aha.config import ConfigError
 from aha.sections import TinySpec, WarmStart, section
 
@@ -302,15 +302,6 @@ def sample_eval(
 # ----------------------------------------------------------------------------- build
 
 
-def load_tasks(path: Path) -> pd.DataFrame:
-    """Countdown tasks (columns nums, target at least) from a parquet split."""
-    tasks = pd.read_parquet(path)
-    missing = {"nums", "target"} - set(tasks.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
-    return tasks.reset_index(drop=True)
-
-
 def split_tasks(tasks: pd.DataFrame, n_eval: int, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trace tasks, held-out eval tasks): the eval tasks never appear in a trace.
 
@@ -357,7 +348,7 @@ def build(spec: TinySpec, train_path: Path, seed: int, out_dir: Path) -> dict[st
     random.seed(seed)
     torch.manual_seed(seed)
     ws = spec.warm_start
-    trace_tasks, eval_tasks = split_tasks(load_tasks(train_path), ws.eval_tasks, seed)
+    trace_tasks, eval_tasks = split_tasks(data.read_split(train_path), ws.eval_tasks, seed)
     all_traces = make_traces(trace_tasks, ws, seed)
     boot = _bootstrap_tokenizer()
     prompt_texts = [prompts.render(boot, t.nums, t.target) for t in all_traces]
