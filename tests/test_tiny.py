@@ -172,7 +172,7 @@ def test_every_stated_step_is_exact():
             found = step.findall(line)
             assert len(found) == len(t.nums) - 1, line
             for a, op, b, r in found:
-                assert traces.value(traces.parse(f"{a} {op} {b}")) == int(r), line
+                assert rewards.evaluate(f"{a} {op} {b}") == int(r), line
             result = int(found[-1][3])
             assert line.endswith(", yes.") == (result == t.target), line
 
@@ -189,13 +189,16 @@ def test_trace_text_on_known_trees():
     assert traces.integral(("/", 7, 2)) is False
 
 
-def test_parse_reads_solver_output_and_refuses_other_text():
-    assert traces.parse("(12 - 7) * 3") == ("*", ("-", 12, 7), 3)
-    assert traces.parse("12 + 5 * 3") == ("+", 12, ("*", 5, 3))
-    assert traces.parse("20 - 14 - 1") == ("-", ("-", 20, 14), 1)
-    for bad in ("2 ** 3", "__import__('os')", "(1 + 2", "1 +", "1 2"):
-        with pytest.raises(ValueError):
-            traces.parse(bad)
+def test_solutions_are_traced_as_their_text_reads():
+    # show() prints 55 + (36 - 7) as "55 + 36 - 7", which a reader computes as (55 + 36) - 7.
+    assert traces.as_written(("+", 55, ("-", 36, 7))) == ("-", ("+", 55, 36), 7)
+    assert traces.as_written(("*", 2, ("*", 3, ("/", 8, 4)))) == ("/", ("*", ("*", 2, 3), 8), 4)
+    assert traces.as_written(("-", 20, ("-", 14, 1))) == ("-", 20, ("-", 14, 1))
+    assert traces.as_written(("+", 12, ("*", 5, 3))) == ("+", 12, ("*", 5, 3))
+    trees = countdown.solution_trees([2, 3, 4, 6], 24)
+    assert len(trees) > 10
+    for tree in trees:
+        assert traces.as_written(tree) == rewards.parse_expression(countdown.show(tree))
 
 
 def test_make_trace_is_deterministic_and_never_claims_an_unreachable_target():
@@ -228,8 +231,8 @@ def test_max_value_caps_every_stated_step_where_the_task_allows():
 
 
 def test_answer_slip_writes_the_last_step_which_the_equation_reward_refuses():
-    assert traces.slip_text(traces.parse("(9 + 4) + 1")) == "13 + 1"
-    assert traces.slip_text(traces.parse("20 - (14 - 1)")) == "20 - 13"
+    assert traces.slip_text(("+", ("+", 9, 4), 1)) == "13 + 1"
+    assert traces.slip_text(("-", 20, ("-", 14, 1))) == "20 - 13"
     tasks = generator.generate(300, seed=3, num_counts=[3], number_range=(1, 10))
     for s in tasks:
         plain = traces.make_trace(s.task.nums, s.task.target, random.Random(s.task.target))

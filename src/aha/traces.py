@@ -23,7 +23,6 @@ Pure Python (no torch): the traces are also what the tests score.
 from __future__ import annotations
 
 import random
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,8 +34,8 @@ from aha import countdown
 OPS = "+-*/"
 MAX_TRIES = 200  # random expressions drawn per trace before settling for fewer wrong candidates
 
-# An expression tree: an int leaf, or (op, left, right).
-Expr = int | tuple[str, "Expr", "Expr"]
+# An expression tree: an int leaf, or (op, left, right), as the solver builds them.
+Expr = countdown.Tree
 
 
 @dataclass(frozen=True)
@@ -52,31 +51,13 @@ class Trace:
     slipped: bool = False
 
 
-def value(expr: Expr) -> Fraction | None:
-    """Exact value, or None on division by zero."""
-    if isinstance(expr, int):
-        return Fraction(expr)
-    op, left, right = expr
-    a, b = value(left), value(right)
-    if a is None or b is None:
-        return None
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    return None if b == 0 else a / b
-
-
 def integral(expr: Expr, max_value: int | None = None) -> bool:
     """True when every step's result is a non-negative integer (the Countdown rule), and at most
     `max_value` when given."""
     if isinstance(expr, int):
         return expr >= 0
-    v = value(expr)
-    ok = v is not None and v.denominator == 1 and v >= 0
-    ok = ok and (max_value is None or v <= max_value)
+    v = countdown.value(expr)
+    ok = type(v) is int and v >= 0 and (max_value is None or v <= max_value)
     return ok and integral(expr[1], max_value) and integral(expr[2], max_value)
 
 
@@ -97,7 +78,9 @@ def canonical(expr: Expr) -> Expr:
 
 
 def _order_key(expr: Expr) -> tuple[bool, Fraction]:
-    return (not isinstance(expr, int), value(expr) or Fraction(0))
+    v = countdown.value(expr)
+    exact = Fraction(0) if v is None else Fraction(v) if type(v) is int else Fraction(*v)
+    return not isinstance(expr, int), exact
 
 
 def answer_text(expr: Expr) -> str:
@@ -129,68 +112,14 @@ def steps_text(expr: Expr) -> tuple[str, int]:
             return e
         op, left, right = e
         a, b = walk(left), walk(right)
-        result = value(e)
-        if result is None or result.denominator != 1:
+        result = countdown.value(e)
+        if type(result) is not int:
             raise ValueError(f"{answer_text(e)} is not a whole number")
-        steps.append(f"{a} {op} {b} = {int(result)}")
-        return int(result)
+        steps.append(f"{a} {op} {b} = {result}")
+        return result
 
     result = walk(expr)
     return ", ".join(steps), result
-
-
-_TOKEN = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
-
-
-def parse(text: str) -> Expr:
-    """Parse an arithmetic expression (integers, + - * /, parentheses) into a tree.
-
-    Only for the solver's own output: precedence climbing over a token list, no eval.
-    """
-    tokens: list[str] = []
-    pos = 0
-    text = text.strip()
-    while pos < len(text):
-        m = _TOKEN.match(text, pos)
-        if m is None:
-            raise ValueError(f"cannot parse {text!r} at {pos}")
-        tokens.append(m.group(1) or m.group(2))
-        pos = m.end()
-    expr, rest = _parse_sum(tokens)
-    if rest:
-        raise ValueError(f"trailing tokens in {text!r}")
-    return expr
-
-
-def _parse_sum(tokens: list[str]) -> tuple[Expr, list[str]]:
-    left, tokens = _parse_product(tokens)
-    while tokens and tokens[0] in "+-":
-        op = tokens[0]
-        right, tokens = _parse_product(tokens[1:])
-        left = (op, left, right)
-    return left, tokens
-
-
-def _parse_product(tokens: list[str]) -> tuple[Expr, list[str]]:
-    left, tokens = _parse_atom(tokens)
-    while tokens and tokens[0] in "*/":
-        op = tokens[0]
-        right, tokens = _parse_atom(tokens[1:])
-        left = (op, left, right)
-    return left, tokens
-
-
-def _parse_atom(tokens: list[str]) -> tuple[Expr, list[str]]:
-    if not tokens:
-        raise ValueError("expression ends early")
-    if tokens[0] == "(":
-        inner, rest = _parse_sum(tokens[1:])
-        if not rest or rest[0] != ")":
-            raise ValueError("unbalanced parentheses")
-        return inner, rest[1:]
-    if tokens[0].isdigit():
-        return int(tokens[0]), tokens[1:]
-    raise ValueError(f"unexpected {tokens[0]!r}")
 
 
 def random_expr(nums: Sequence[int], rng: random.Random) -> Expr:
@@ -213,7 +142,7 @@ def wrong_candidates(
         if len(found) >= n:
             break
         expr = canonical(random_expr(nums, rng))
-        if integral(expr, max_value) and value(expr) != target:
+        if integral(expr, max_value) and countdown.value(expr) != target:
             found.setdefault(answer_text(expr), expr)
     return list(found.values())
 
@@ -221,11 +150,32 @@ def wrong_candidates(
 def solutions(nums: Sequence[int], target: int) -> list[Expr]:
     """The solver's distinct solutions whose every step is a whole number, as canonical trees."""
     trees = {}
-    for text in countdown.solve(list(nums), target, max_solutions=None):
-        tree = canonical(parse(text))
-        if integral(tree) and value(tree) == target:
+    for tree in countdown.solution_trees(nums, target):
+        tree = canonical(as_written(tree))
+        if integral(tree) and countdown.value(tree) == target:
             trees.setdefault(answer_text(tree), tree)
     return list(trees.values())
+
+
+def as_written(tree: Expr) -> Expr:
+    """The tree a reader of `countdown.show(tree)` computes: equal precedence from the left.
+
+    '55 + (36 - 7)' is printed '55 + 36 - 7' and read (55 + 36) - 7, so a trace's steps follow
+    the solution's text as written; the right operand of + or * moves up when it has the same
+    precedence (show prints no parentheses around it), everything else stays.
+    """
+    if isinstance(tree, int):
+        return tree
+    op, left, right = tree
+    return _join(op, as_written(left), as_written(right))
+
+
+def _join(op: str, left: Expr, right: Expr) -> Expr:
+    """`left op right` with `right` unparenthesised: a + (b - c) -> (a + b) - c."""
+    if op in "+*" and not isinstance(right, int) and (right[0] in "+-") == (op == "+"):
+        inner, x, y = right
+        return (inner, _join(op, left, x), y)
+    return (op, left, right)
 
 
 def make_trace(
