@@ -293,7 +293,7 @@ def test_cli_help_documents_every_argument(capsys):
     with pytest.raises(SystemExit):
         tiny.cli(["--help"], prog="python -m aha build-tiny")
     out = capsys.readouterr().out
-    for arg in ("--tiny", "--train", "--seed", "--out-dir", "--threads"):
+    for arg in ("--tiny", "--train", "--seed", "--out-dir"):
         assert arg in out
 
 
@@ -322,8 +322,6 @@ def small_build(tmp_path_factory) -> Path:
             "7",
             "--out-dir",
             str(root / "model"),
-            "--threads",
-            "1",
         ],
         prog="test",
     )

@@ -420,13 +420,8 @@ def cli(argv: list[str], prog: str) -> None:
     parser.add_argument(
         "--out-dir", required=True, type=Path, help="model directory to write (HF format)"
     )
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default, all cores)"
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     try:
         spec = section(TinySpec, json.loads(args.tiny))
     except (json.JSONDecodeError, ConfigError) as err:
