@@ -1,6 +1,6 @@
 # aha-countdown: GRPO on Countdown, from data to report. See README.md and docs/.
 #   snakemake --cores 2                                   # embedded tiny default (CPU, offline)
-#   snakemake --configfile config/config.yaml --workflow-profile workflow/profiles/slurm   # the seed
+#   snakemake --configfile config/config.yaml --workflow-profile profiles/slurm   # the seed
 from snakemake.utils import min_version
 
 min_version("9.0")

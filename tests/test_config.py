@@ -45,7 +45,7 @@ def with_change(path: str, value) -> dict:
 def test_eval_size_may_be_the_whole_test_split_as_the_data_stage_sizes_it() -> None:
     """2905 x 0.1 = 290.5: the split holds ceil(290.5) = 291 tasks (aha.countdown), so
     eval_size 291 is valid and 292 is not (round() said 290 and refused 291)."""
-    from aha.countdown import split_indices
+    from aha.data import split_indices
 
     cfg = with_change("dataset.num_samples", 2905)
     cfg["dataset"]["test_size"] = 0.1

@@ -1,8 +1,9 @@
-"""environment.yml (the conda GPU env) and pyproject.toml pin the same versions."""
+"""workflow/envs/aha.yaml (the conda GPU env) and pyproject.toml pin the same versions."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import tomllib
 
 import yaml
@@ -28,7 +29,7 @@ def pyproject_pins() -> dict[str, str]:
 
 
 def conda_pip_pins() -> dict[str, str]:
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    env = yaml.safe_load((ROOT / "workflow/envs/aha.yaml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     return pins(pip)
 
@@ -58,6 +59,13 @@ def test_the_rehearsal_extra_pins_the_gpu_extra_versions() -> None:
     assert f"deepspeed=={gpu['deepspeed']}" in makefile  # built into a wheel by the Makefile
 
 
-def test_rules_use_the_same_environment() -> None:
-    rules_env = ROOT / "workflow" / "envs" / "aha.yaml"
-    assert rules_env.resolve() == (ROOT / "environment.yml").resolve()
+def test_rules_use_the_one_environment_file_which_installs_this_repository() -> None:
+    rules = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
+    assert set(re.findall(r'conda:\s*"([^"]+)"', rules)) == {"../envs/aha.yaml"}
+    env = yaml.safe_load((ROOT / "workflow" / "envs" / "aha.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ../.." in pip  # pip runs in the env file's folder: the repository root
+    tracked = subprocess.run(
+        ["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert [line for line in tracked if line.startswith("120000")] == []  # no symlinks

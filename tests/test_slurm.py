@@ -1,7 +1,7 @@
 """The workflow through a real SLURM (slurmctld + slurmd on localhost) and the slurm profile.
 
 tests/slurm/local-slurm.sh installs and starts the cluster (root: apt-get when missing); the
-tests run workflow/profiles/slurm/config.yaml with only what a single small node needs changed:
+tests run profiles/slurm/config.yaml with only what a single small node needs changed:
 partition, no account, GPUs scaled to the node's fake ones, CPUs and memory scaled down.
 """
 
@@ -29,7 +29,7 @@ from tests.conftest import ROOT, snakemake
 pytestmark = pytest.mark.slurm
 
 SCRIPT = ROOT / "tests" / "slurm" / "local-slurm.sh"
-PROFILE = ROOT / "workflow" / "profiles" / "slurm" / "config.yaml"
+PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 PREEMPT = ROOT / "tests" / "slurm" / "preempt"
 PARTITION = "aha-test"
 GPU_TYPE = "testgpu"
