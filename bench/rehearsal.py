@@ -38,7 +38,7 @@ def main() -> None:
     print("run\tlogged steps\ts/step median\ts/step max\ttrain_grpo job s\tsample jobs s (each)")
     for run in runs:
         times = step_times(args.workdir / "results" / "runs" / run / "train_log.jsonl")[1:]
-        train = job_seconds(args.workdir / "benchmarks" / "train_grpo" / f"{run}.tsv")
+        train = job_seconds(args.workdir / "benchmarks" / "train" / f"{run}.tsv")
         samples = sorted(
             path
             for path in (args.workdir / "benchmarks" / "sample").glob(f"{run}-*.tsv")

@@ -89,13 +89,13 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from aha import tiny
+    from aha import build_tiny_model
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model).eval()
     tasks = pd.read_parquet(args.eval).head(args.prompts)
-    result = tiny.sample_eval(model, tokenizer, tasks, args.seed, keep_all=True)
+    result = build_tiny_model.sample_eval(model, tokenizer, tasks, args.seed, keep_all=True)
     completions = [e["completion"] for e in result.pop("examples")]
     targets = [int(t) for t in tasks["target"]]
     print(json.dumps({"model": args.model, **result, **audit(completions, targets)}, indent=2))

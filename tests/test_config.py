@@ -45,7 +45,7 @@ def with_change(path: str, value) -> dict:
 def test_eval_size_may_be_the_whole_test_split_as_the_data_stage_sizes_it() -> None:
     """2905 x 0.1 = 290.5: the split holds ceil(290.5) = 291 tasks (aha.countdown), so
     eval_size 291 is valid and 292 is not (round() said 290 and refused 291)."""
-    from aha.data import split_indices
+    from aha.prepare_data import split_indices
 
     cfg = with_change("dataset.num_samples", 2905)
     cfg["dataset"]["test_size"] = 0.1
@@ -172,7 +172,7 @@ def test_snakemake_refuses_bad_config_at_dag_build(
 @pytest.mark.parametrize("configfile", ["config/tiny.yaml", "config/config.yaml"])
 def test_dry_run_both_configs(tmp_path: Path, configfile: str) -> None:
     proc = snakemake(tmp_path, "-n", configfile=ROOT / configfile)
-    assert "prepare_dataset" in proc.stdout
+    assert "prepare_data" in proc.stdout
 
 
 def test_configfile_runs_do_not_leak_between_configs(tmp_path: Path) -> None:

@@ -61,14 +61,14 @@ def test_zero3_colocate_launches_accelerate_on_every_gpu():
 def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
     run = spec("zero3", use_vllm=True, vllm_mode="server", vllm_server_port=8123)
     run["vllm_server"] = {"gpu_memory_utilization": 0.5}
-    cmd = train_command(run, 4, PY, ARGS, server_log="logs/train_grpo/r.vllm-server.log")
+    cmd = train_command(run, 4, PY, ARGS, server_log="logs/train/r.vllm-server.log")
     cut = cmd.index("--")
     assert cmd[:cut] == [
         PY, "-m", "aha", "with-vllm-server",
         "--model", "Org/Model", "--gpus", "4", "--port", "8123",
         "--grace", "300",  # torchrun's 240 s for the ranks' save, and a minute more
         "--server-args", '{"gpu_memory_utilization": 0.5}',
-        "--server-log", "logs/train_grpo/r.vllm-server.log",
+        "--server-log", "logs/train/r.vllm-server.log",
     ]  # fmt: skip
     launch = cmd[cut + 1 :]
     assert launch[launch.index("--num_processes") + 1] == "3"
@@ -128,7 +128,7 @@ def test_switching_the_seed_run_to_colocate_says_its_batch_grows():
 
 
 def test_gpu_runs_declare_their_gpus_and_a_rehearsal_none(tmp_path):
-    """`sample` and `train_grpo` ask the scheduler for GPUs on cuda (vLLM takes most of one)."""
+    """`sample` and `train` ask the scheduler for GPUs on cuda (vLLM takes most of one)."""
 
     def resources(*configs):
         cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d"]
@@ -145,10 +145,10 @@ def test_gpu_runs_declare_their_gpus_and_a_rehearsal_none(tmp_path):
 
     seed = resources(ROOT / "config" / "config.yaml")
     assert seed[("sample", "qwen-zero3")] == 1 and seed[("sample", "qwen-qlora")] == 1
-    assert seed[("train_grpo", "qwen-zero3")] == 4 and seed[("train_grpo", "qwen-qlora")] == 1
+    assert seed[("train", "qwen-zero3")] == 4 and seed[("train", "qwen-qlora")] == 1
     rehearsal = resources(ROOT / "config" / "config.yaml", ROOT / "config" / "rehearsal.yaml")
     assert set(rehearsal.values()) == {0}
-    assert ("train_grpo", "qwen-zero3-colocate") in rehearsal
+    assert ("train", "qwen-zero3-colocate") in rehearsal
 
 
 # --- trl vllm-serve flags and GPU split ---------------------------------------------------

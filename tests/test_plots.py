@@ -23,7 +23,7 @@ FILES = {
 
 
 def run_plots(results: Path, runs: dict, out: Path, report_cfg: dict | None = None) -> None:
-    """The stage as rule report_plots runs it: every input and output path given."""
+    """The stage as rule plots runs it: every input and output path given."""
     outputs = [arg for name, f in FILES.items() for arg in (f"--{name}", str(out / f))]
     plots.cli(
         [

@@ -76,7 +76,7 @@ def test_colocated_vllm_syncs_weights_and_the_server_run_goes_through_the_wrappe
     rehearsal_dag,
 ) -> None:
     workdir, _ = rehearsal_dag
-    logs = workdir / "logs" / "train_grpo"
+    logs = workdir / "logs" / "train"
     colocate = (logs / "qwen-zero3-colocate.log").read_text()
     assert "colocated engine can reload them" in colocate  # aha.cpu_rehearsal, before vLLM starts
     server_run = (logs / "qwen-zero3.log").read_text()

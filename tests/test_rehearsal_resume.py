@@ -100,7 +100,7 @@ def rerun_and_check(tmp_path: Path, files: list[Path], run: str, interrupted_at:
     snakemake(tmp_path, "--unlock", configfile=files, python=python)
     snakemake(tmp_path, "--cores", "2", f"{run_dir.relative_to(tmp_path)}/checkpoints",
               configfile=files, python=python)  # fmt: skip
-    log = (tmp_path / "logs" / "train_grpo" / f"{run}.log").read_text()
+    log = (tmp_path / "logs" / "train" / f"{run}.log").read_text()
     max_steps = MAX_STEPS[run]
     assert f"checkpoint-{interrupted_at} (step {interrupted_at} of {max_steps})" in log, log[-3000:]
     state = json.loads(
@@ -156,7 +156,7 @@ def test_preempted_server_run_saves_through_the_live_server_and_resumes(tmp_path
     time.sleep(1)
     assert not {pid for pid in tree if alive(pid)}, "processes of the preempted job survived"
     saved = newest_complete(trainer)
-    log = (tmp_path / "logs" / "train_grpo" / f"{run}.log").read_text()
+    log = (tmp_path / "logs" / "train" / f"{run}.log").read_text()
     assert before < saved < MAX_STEPS[run], f"no checkpoint saved on SIGTERM:\n{log[-6000:]}"
     assert "SIGTERM received: saving a checkpoint" in log
     # the trainer exited (after its save) before the server was stopped

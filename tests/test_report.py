@@ -133,7 +133,7 @@ PARTIAL = {
 
 
 def train_log_args(results: Path, runs: dict) -> list[str]:
-    """`--train-log RUN PATH` per run, the paths rule train_grpo writes (as report.smk passes)."""
+    """`--train-log RUN PATH` per run, the paths rule train writes (as report.smk passes)."""
     logs = [(run, results / "runs" / run / "train_log.jsonl") for run in runs]
     return shlex.split(report_inputs.repeated("--train-log", logs))
 

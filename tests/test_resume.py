@@ -87,7 +87,7 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path: Path) -> None:
     snakemake(tmp_path, "--cores", "2", target, configfile=cfgfile)
 
     run_dir = tmp_path / "results" / "runs" / RUN
-    train_log = (tmp_path / "logs" / "train_grpo" / f"{RUN}.log").read_text()
+    train_log = (tmp_path / "logs" / "train" / f"{RUN}.log").read_text()
     assert "resum" in train_log.lower(), train_log[-3000:]
     state = json.loads((trainer / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
     assert state["global_step"] == MAX_STEPS

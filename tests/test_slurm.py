@@ -33,7 +33,7 @@ PROFILE = ROOT / "profiles" / "slurm" / "config.yaml"
 PREEMPT = ROOT / "tests" / "slurm" / "preempt"
 PARTITION = "aha-test"
 GPU_TYPE = "testgpu"
-GPU_RULES = ("train_grpo", "sample")  # on stand-in GPUs here
+GPU_RULES = ("train", "sample")  # on stand-in GPUs here
 CPUS = os.cpu_count() or 1
 LOCAL_CORES = 2  # the tiny_dag fixture's --cores: jobs here get the same threads where they fit
 THREADS = min(LOCAL_CORES, CPUS)
@@ -87,8 +87,8 @@ def local_slurm() -> Iterator[Path]:
             assert stopped.returncode == 0, f"local SLURM did not stop:\n{stopped.stderr}"
 
 
-def test_profile(dest: Path, **train_grpo: Any) -> Path:
-    """The slurm profile, fitted to the local node; `train_grpo` overrides that rule's resources."""
+def test_profile(dest: Path, **train: Any) -> Path:
+    """The slurm profile, fitted to the local node; `train` overrides that rule's resources."""
     profile = yaml.safe_load(PROFILE.read_text())
     profile["slurm-no-account"] = True
     profile["cores"] = THREADS
@@ -99,11 +99,11 @@ def test_profile(dest: Path, **train_grpo: Any) -> Path:
     for rule, resources in profile["set-resources"].items():
         resources["slurm_partition"] = PARTITION
         resources["mem_mb_per_cpu" if "mem_mb_per_cpu" in resources else "mem_mb"] = 500
-        if rule in GPU_RULES:  # train_grpo's GPUs come from the rule: none in cpu mode
+        if rule in GPU_RULES:  # train's GPUs come from the rule: none in cpu mode
             gpus = min(resources.get("gpu", FAKE_GPUS), FAKE_GPUS)
             resources.update(gpu=gpus, gpu_model=GPU_TYPE, cpus_per_gpu=1)
-        if rule == "train_grpo":
-            resources.update(train_grpo)
+        if rule == "train":
+            resources.update(train)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return dest
@@ -188,9 +188,9 @@ def test_time_limit_signal_then_resubmission_resumes_training(
 ) -> None:
     # The profile's own --signal lead; a time limit one minute longer, so SIGTERM comes about a
     # minute into the job (SLURM checks every 30 s and may signal up to 60 s early).
-    extra = yaml.safe_load(PROFILE.read_text())["set-resources"]["train_grpo"]["slurm_extra"]
+    extra = yaml.safe_load(PROFILE.read_text())["set-resources"]["train"]["slurm_extra"]
     lead = re.fullmatch(r"--signal=TERM@(\d+)", extra)
-    assert lead, f"train_grpo slurm_extra should ask for an early SIGTERM: {extra!r}"
+    assert lead, f"train slurm_extra should ask for an early SIGTERM: {extra!r}"
     runtime = -(-int(lead[1]) // 60) + 1
     profile = test_profile(tmp_path / "profile", runtime=runtime)
     workdir = tmp_path / "preempt"

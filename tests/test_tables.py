@@ -22,7 +22,7 @@ from tests.test_report import (
 
 
 def run_tables(results: Path, runs: dict, out: Path, n: int = 2) -> None:
-    """The stage as rule report_tables runs it: every input and output path given."""
+    """The stage as rule tables runs it: every input and output path given."""
     pages = [
         arg for run in runs for arg in ("--examples-page", run, str(out / f"examples-{run}.html"))
     ]

@@ -11,8 +11,14 @@ import sys
 
 # stage name -> (module, one-line description). Each module exposes `cli(argv: list[str])`.
 STAGES: dict[str, tuple[str, str]] = {
-    "prepare-data": ("aha.data", "load or generate Countdown tasks; write train/test/eval splits"),
-    "build-tiny": ("aha.tiny", "build the offline tiny tokenizer + Qwen2 model and warm-start it"),
+    "prepare-data": (
+        "aha.prepare_data",
+        "load or generate Countdown tasks; write train/test/eval splits",
+    ),
+    "build-tiny-model": (
+        "aha.build_tiny_model",
+        "build the offline tiny tokenizer + Qwen2 model and warm-start it",
+    ),
     "train": ("aha.train", "GRPO training of one run with TRL; checkpoints at configured steps"),
     "sample": ("aha.sample", "sample completions for the eval prompts from one checkpoint"),
     "score": ("aha.score", "success rate, pass@k, format, lengths and aha behaviours"),

@@ -11,7 +11,7 @@ Operator pattern: the multiset of binary operators of an expression, written in 
 letter by letter ("++" < "+-" < "+*" < "+/" < "--" < "-*" < ...). So a task labelled "-*" has no
 solution a + b + c, which is what lets aha.generator balance tasks over patterns.
 
-Pure Python. Generating tasks: aha.generator; loading and splitting them: aha.data.
+Pure Python. Generating tasks: aha.generator; loading and splitting them: aha.prepare_data.
 """
 
 from __future__ import annotations

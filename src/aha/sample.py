@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import data, prompts, rewards
+from aha import prepare_data, prompts, rewards
 from aha.checkpoints import CheckpointError, Manifest, write_atomic
 from aha.config import ConfigError
 from aha.sample_vllm import Completion
@@ -100,8 +100,8 @@ def resolve_model(arg: str) -> ModelRef:
 def load_tasks(path: Path) -> pd.DataFrame:
     """The eval split: id, nums, target, pattern (id = row number and pattern = None if absent)."""
     try:
-        frame = data.read_split(path)
-    except data.DataSourceError as err:
+        frame = prepare_data.read_split(path)
+    except prepare_data.DataSourceError as err:
         raise SampleError(str(err)) from None
     if "id" not in frame.columns:
         frame["id"] = range(len(frame))

@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import data, prompts, rewards
+from aha import prepare_data, prompts, rewards
 from aha.checkpoints import (
     LOG_FILE,
     STATE_FILE,
@@ -65,7 +65,9 @@ SUCCESS_FILE = "success_completion_samples.txt"
 # transformers 5: `gradient_checkpointing` is a deprecated alias of `activation_checkpointing`;
 # TRL's config still defaults the alias to True, so a mode default must set the new name.
 _CHECKPOINTING_KEYS = ("activation_checkpointing", "gradient_checkpointing")
-GPU_HINT = "pip install 'aha-countdown[gpu]' (or workflow/envs/aha.yaml), or use config/tiny.yaml on CPU"
+GPU_HINT = (
+    "pip install 'aha-countdown[gpu]' (or workflow/envs/aha.yaml), or use config/tiny.yaml on CPU"
+)
 
 
 class TrainError(RuntimeError):
@@ -218,8 +220,8 @@ def load_train_dataset(data_dir: Path, tokenizer: Any) -> Dataset:
     from datasets import Dataset
 
     try:
-        frame = data.read_split(Path(data_dir) / "train.parquet")
-    except data.DataSourceError as err:
+        frame = prepare_data.read_split(Path(data_dir) / "train.parquet")
+    except prepare_data.DataSourceError as err:
         raise TrainError(str(err)) from None
     nums = [[int(n) for n in row] for row in frame["nums"]]
     targets = [int(t) for t in frame["target"]]

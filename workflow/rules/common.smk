@@ -136,7 +136,7 @@ def launch_command(wildcards, resources):
         "python",
         [],
         model=model_path(wildcards.run),
-        server_log=f"logs/train_grpo/{wildcards.run}.vllm-server.log",
+        server_log=f"logs/train/{wildcards.run}.vllm-server.log",
         accelerate_config=f"{workflow.basedir}/workflow/accelerate/zero3.yaml",
     )
     return shlex.join(cmd)

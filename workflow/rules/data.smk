@@ -1,7 +1,7 @@
 # Countdown tasks: hub, local file or offline generator -> train/test/eval splits + data card.
 
 
-rule prepare_dataset:
+rule prepare_data:
     output:
         train=f"{DATA}/train.parquet",
         test=f"{DATA}/test.parquet",
@@ -11,9 +11,9 @@ rule prepare_dataset:
         dataset=lambda wc: as_json(config["dataset"]),
         out_dir=lambda wc, output: os.path.dirname(output.card),
     log:
-        "logs/prepare_dataset/prepare_dataset.log",
+        "logs/prepare_data/prepare_data.log",
     benchmark:
-        "benchmarks/prepare_dataset/prepare_dataset.tsv"
+        "benchmarks/prepare_data/prepare_data.tsv"
     conda:
         "../envs/aha.yaml"
     shell:

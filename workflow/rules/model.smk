@@ -18,5 +18,5 @@ rule build_tiny_model:
     conda:
         "../envs/aha.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m aha build-tiny --tiny {params.tiny:q} "
+        "OMP_NUM_THREADS={threads} python -m aha build-tiny-model --tiny {params.tiny:q} "
         "--train {input.train} --seed {params.seed} --out-dir {output.model} > {log} 2>&1"

@@ -20,7 +20,7 @@ SUMMARY_PAGE = "results/tables/summary.html"
 ENVIRONMENT_PAGE = "results/tables/environment.html"
 EXAMPLES_PAGE = "results/tables/examples-{run}.html"
 EXAMPLES_PAGES = {run: EXAMPLES_PAGE.format(run=run) for run in RUNS}
-# The outputs of rule train_grpo (train.smk) and rule sample (evaluate.smk), spelled here too so
+# The outputs of rule train (train.smk) and rule sample (evaluate.smk), spelled here too so
 # that these rules also run in a workflow of their own over existing results.
 TRAIN_LOGS = {run: f"results/runs/{run}/train_log.jsonl" for run in RUNS}
 SAMPLES_FILES = [
@@ -38,7 +38,7 @@ report_files = lambda runs: [
 ]
 
 
-rule report_plots:
+rule plots:
     input:
         summary="results/summary.tsv",
         by_pattern="results/summary_by_pattern.tsv",
@@ -84,7 +84,7 @@ rule report_plots:
         report=lambda wc: as_json(config["report"]),
         train_logs=repeated("--train-log", TRAIN_LOGS.items()),
     log:
-        "logs/report_plots/report_plots.log",
+        "logs/plots/plots.log",
     conda:
         "../envs/aha.yaml"
     shell:
@@ -95,7 +95,7 @@ rule report_plots:
         "--training {output.training} > {log} 2>&1"
 
 
-rule report_tables:
+rule tables:
     input:
         summary="results/summary.tsv",
         samples=[path for _, _, path in SAMPLES_FILES],
@@ -131,7 +131,7 @@ rule report_tables:
         examples=repeated("--examples-page", EXAMPLES_PAGES.items()),
         workflow_dir=workflow.basedir,
     log:
-        "logs/report_tables/report_tables.log",
+        "logs/tables/tables.log",
     conda:
         "../envs/aha.yaml"
     shell:

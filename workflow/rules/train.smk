@@ -5,7 +5,7 @@
 # The command depends on the mode (aha.launch.train_command): cpu/qlora run `python -m aha
 # train`; zero3 runs it under `accelerate launch` (DeepSpeed ZeRO-3), on all GPUs with vLLM
 # colocated, or on all but the last with `trl vllm-serve` started there and always stopped.
-rule train_grpo:
+rule train:
     wildcard_constraints:
         **RUN_STEP,
     input:
@@ -25,9 +25,9 @@ rule train_grpo:
     resources:
         gpu=run_gpus,
     log:
-        "logs/train_grpo/{run}.log",
+        "logs/train/{run}.log",
     benchmark:
-        "benchmarks/train_grpo/{run}.tsv"
+        "benchmarks/train/{run}.tsv"
     conda:
         "../envs/aha.yaml"
     shell:

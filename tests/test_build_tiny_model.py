@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from aha import countdown, generator, prompts, rewards, tiny, traces
+from aha import build_tiny_model, countdown, generator, prompts, rewards, traces
 from aha.config import ConfigError
 from aha.sections import TinySpec, section
 
@@ -47,9 +47,9 @@ def some_traces(n: int = 200, seed: int = 0, give_up_rate: float = 0.5) -> list[
 
 @pytest.fixture(scope="module")
 def trained_tokenizer() -> PreTrainedTokenizerFast:
-    boot = tiny._bootstrap_tokenizer()
+    boot = build_tiny_model._bootstrap_tokenizer()
     texts = [prompts.render(boot, t.nums, t.target) + t.completion for t in some_traces()]
-    return tiny.train_tokenizer(texts, vocab_size=300)
+    return build_tiny_model.train_tokenizer(texts, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +57,8 @@ def tokenizer_dir(tmp_path_factory, trained_tokenizer) -> Path:
     """Tokenizer saved beside a qwen2 config.json, as in the real model directory."""
     out = tmp_path_factory.mktemp("tok")
     spec = section(TinySpec, {k: v for k, v in SMALL.items() if k != "warm_start"})
-    tiny.build_model(spec, trained_tokenizer, seed=0).save_pretrained(out)
-    tiny.save_tokenizer(trained_tokenizer, out)
+    build_tiny_model.build_model(spec, trained_tokenizer, seed=0).save_pretrained(out)
+    build_tiny_model.save_tokenizer(trained_tokenizer, out)
     return out
 
 
@@ -115,7 +115,7 @@ def test_prompt_is_short_because_its_constant_text_is_whole_tokens(tokenizer_dir
 
 
 def test_template_chunks_follow_the_prompt():
-    chunks = tiny.template_chunks()
+    chunks = build_tiny_model.template_chunks()
     assert any(c.startswith("system\n" + prompts.SYSTEM) for c in chunks)
     assert chunks[-1] == "assistant\n" + prompts.PREFILL
     assert all(not re.search(r"11111|22222|<\|im_", c) for c in chunks)
@@ -253,8 +253,10 @@ def test_answer_slip_writes_the_last_step_which_the_equation_reward_refuses():
 def test_slip_rate_changes_answers_only() -> None:
     frame = pd.DataFrame({"nums": [[9, 4, 1], [3, 5, 7], [2, 2, 5]], "target": [14, 22, 6]})
     base = dataclasses.replace(section(TinySpec, {}).warm_start, num_traces=300, give_up_rate=0.5)
-    half = tiny.make_traces(frame, dataclasses.replace(base, answer_slip_rate=0.5), seed=1)
-    none = tiny.make_traces(frame, base, seed=1)
+    half = build_tiny_model.make_traces(
+        frame, dataclasses.replace(base, answer_slip_rate=0.5), seed=1
+    )
+    none = build_tiny_model.make_traces(frame, base, seed=1)
     assert 100 < sum(t.slipped for t in half) < 200 and not any(t.slipped for t in none)
     assert traces.summary(half)["answer_slip_share"] == sum(t.slipped for t in half) / 300
     for a, b in zip(half, none, strict=True):
@@ -281,17 +283,17 @@ def test_spec_refuses_unknown_keys_and_bad_values_and_takes_schema_defaults():
 
 def test_split_tasks_holds_out_at_most_a_fifth_and_never_overlaps():
     tasks = pd.DataFrame({"nums": [[i, 1, 2] for i in range(50)], "target": list(range(50))})
-    traced, held = tiny.split_tasks(tasks, 200, seed=1)
+    traced, held = build_tiny_model.split_tasks(tasks, 200, seed=1)
     assert len(held) == 10 and len(traced) == 40
     assert not set(held["target"]) & set(traced["target"])
-    assert tiny.split_tasks(tasks, 200, seed=1)[1].equals(held)  # seeded
+    assert build_tiny_model.split_tasks(tasks, 200, seed=1)[1].equals(held)  # seeded
     with pytest.raises(ValueError, match="at least 5"):
-        tiny.split_tasks(tasks.head(4), 1, seed=1)
+        build_tiny_model.split_tasks(tasks.head(4), 1, seed=1)
 
 
 def test_cli_help_documents_every_argument(capsys):
     with pytest.raises(SystemExit):
-        tiny.cli(["--help"], prog="python -m aha build-tiny")
+        build_tiny_model.cli(["--help"], prog="python -m aha build-tiny-model")
     out = capsys.readouterr().out
     for arg in ("--tiny", "--train", "--seed", "--out-dir"):
         assert arg in out
@@ -312,7 +314,7 @@ def small_build(tmp_path_factory) -> Path:
         for i, s in enumerate(tasks)
     ]
     pd.DataFrame(rows).to_parquet(root / "train.parquet")
-    tiny.cli(
+    build_tiny_model.cli(
         [
             "--tiny",
             json.dumps(SMALL),

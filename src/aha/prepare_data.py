@@ -28,7 +28,7 @@ from aha.sections import DatasetConfig, section
 if TYPE_CHECKING:
     import pandas as pd
 
-log = logging.getLogger("aha.data")
+log = logging.getLogger("aha.prepare_data")
 
 SPLITS = ("train", "test", "eval")
 COLUMNS = ("id", "nums", "target", "pattern", "solution")
@@ -141,7 +141,7 @@ def read_split(path: str | Path) -> pd.DataFrame:
 
     path = Path(path)
     if not path.is_file():
-        raise DataSourceError(f"{path}: no such split; run the prepare_dataset rule first")
+        raise DataSourceError(f"{path}: no such split; run the prepare_data rule first")
     frame = pd.read_parquet(path)
     missing = {"nums", "target"} - set(frame.columns)
     if missing:

@@ -8,7 +8,7 @@ the `<think>…</think>\\n<answer>…</answer>` format and solves some tasks but
 The tokenizer uses exactly Qwen2's pre-tokenizer (every digit its own token, a space before a
 digit its own token): transformers 5 loads any `tokenizer.json` beside a `qwen2` config as
 `Qwen2Tokenizer`, which rebuilds Qwen2's split rules around our vocabulary. With the same rules
-on both sides, every loader yields the same ids (tests/test_tiny.py checks it). The prompt's
+on both sides, every loader yields the same ids (tests/test_build_tiny_model.py checks it). The prompt's
 constant text (system turn, instructions, prefill) is added as whole tokens, so a rendered prompt
 is ≈ 22 tokens instead of ≈ 140: the tiny model does not need to read English, and the saving is
 most of the warm start's and GRPO's compute.
@@ -40,11 +40,11 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from aha import data, prompts, rewards, traces
+from aha import prepare_data, prompts, rewards, traces
 from aha.config import ConfigError
 from aha.sections import TinySpec, WarmStart, section
 
-log = logging.getLogger("aha.tiny")
+log = logging.getLogger("aha.build_tiny_model")
 
 ENDOFTEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = (ENDOFTEXT, IM_START, IM_END)
@@ -348,7 +348,7 @@ def build(spec: TinySpec, train_path: Path, seed: int, out_dir: Path) -> dict[st
     random.seed(seed)
     torch.manual_seed(seed)
     ws = spec.warm_start
-    trace_tasks, eval_tasks = split_tasks(data.read_split(train_path), ws.eval_tasks, seed)
+    trace_tasks, eval_tasks = split_tasks(prepare_data.read_split(train_path), ws.eval_tasks, seed)
     all_traces = make_traces(trace_tasks, ws, seed)
     boot = _bootstrap_tokenizer()
     prompt_texts = [prompts.render(boot, t.nums, t.target) for t in all_traces]

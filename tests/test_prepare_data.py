@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from aha import countdown, data
+from aha import countdown, prepare_data
 from aha.countdown import Task
-from aha.data import DataSourceError
+from aha.prepare_data import DataSourceError
 from aha.rewards import check_equation
 
 TINY = {
@@ -35,12 +35,14 @@ TINY = {
 
 def prepare(tmp_path: Path, dataset: dict, name: str = "out", *extra: str) -> Path:
     out = tmp_path / name
-    data.cli(["--dataset", json.dumps(dataset), "--out-dir", str(out), *extra], prog="prepare-data")
+    prepare_data.cli(
+        ["--dataset", json.dumps(dataset), "--out-dir", str(out), *extra], prog="prepare-data"
+    )
     return out
 
 
 def read(out: Path) -> dict[str, pd.DataFrame]:
-    return {s: pd.read_parquet(out / f"{s}.parquet") for s in data.SPLITS}
+    return {s: pd.read_parquet(out / f"{s}.parquet") for s in prepare_data.SPLITS}
 
 
 def test_generate_writes_splits_and_card(tmp_path: Path) -> None:
@@ -49,7 +51,7 @@ def test_generate_writes_splits_and_card(tmp_path: Path) -> None:
     train, test, ev = splits["train"], splits["test"], splits["eval"]
     assert (len(train), len(test), len(ev)) == (540, 60, 20)
     for df in splits.values():
-        assert list(df.columns) == list(data.COLUMNS)
+        assert list(df.columns) == list(prepare_data.COLUMNS)
         assert df["id"].is_unique
     assert set(ev["id"]) <= set(test["id"])
     assert list(ev["id"]) == list(test["id"][:20])
@@ -161,7 +163,7 @@ def test_bad_config_fails_with_the_key(tmp_path: Path, change: dict, message: st
 
 def test_help_documents_arguments(capsys) -> None:
     with pytest.raises(SystemExit):
-        data.cli(["--help"], prog="python -m aha prepare-data")
+        prepare_data.cli(["--help"], prog="python -m aha prepare-data")
     text = capsys.readouterr().out
     for arg in ("--dataset", "--out-dir", "--solve-budget-s", "balance_patterns"):
         assert arg in text
@@ -175,22 +177,22 @@ def test_load_path_parquet_and_jsonl(tmp_path) -> None:
     pd.DataFrame(rows).to_parquet(tmp_path / "t.parquet")
     (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     want = [Task((19, 36, 55, 7), 65), Task((1, 5, 5, 5), 24)]
-    assert data.load_path(tmp_path / "t.parquet") == want
-    assert data.load_path(tmp_path / "t.jsonl") == want
+    assert prepare_data.load_path(tmp_path / "t.parquet") == want
+    assert prepare_data.load_path(tmp_path / "t.jsonl") == want
 
 
 def test_load_path_errors(tmp_path) -> None:
     (tmp_path / "a.jsonl").write_text('{"target": 3}\n')
     with pytest.raises(DataSourceError, match=r"missing column.*nums"):
-        data.load_path(tmp_path / "a.jsonl")
+        prepare_data.load_path(tmp_path / "a.jsonl")
     (tmp_path / "b.jsonl").write_text('{"target": 3, "nums": ["x", 2]}\n')
     with pytest.raises(DataSourceError, match="row 0"):
-        data.load_path(tmp_path / "b.jsonl")
+        prepare_data.load_path(tmp_path / "b.jsonl")
     (tmp_path / "c.csv").write_text("target,nums\n")
     with pytest.raises(DataSourceError, match=r"parquet or \.jsonl"):
-        data.load_path(tmp_path / "c.csv")
+        prepare_data.load_path(tmp_path / "c.csv")
     with pytest.raises(DataSourceError, match="does not exist"):
-        data.load_path(tmp_path / "nope.parquet")
+        prepare_data.load_path(tmp_path / "nope.parquet")
 
 
 def test_load_hub_unreachable_names_the_fix(monkeypatch) -> None:
@@ -201,7 +203,7 @@ def test_load_hub_unreachable_names_the_fix(monkeypatch) -> None:
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataSourceError) as err:
-        data.load_hub("Jiayi-Pan/Countdown-Tasks-3to4", "train")
+        prepare_data.load_hub("Jiayi-Pan/Countdown-Tasks-3to4", "train")
     message = str(err.value)
     assert "\n" not in message
     assert "dataset.source: generate" in message and "dataset.source: path" in message
@@ -210,13 +212,15 @@ def test_load_hub_unreachable_names_the_fix(monkeypatch) -> None:
 
 def test_read_split_is_the_one_reader_of_the_split_files(tmp_path: Path) -> None:
     out = prepare(tmp_path, TINY)
-    train = data.read_split(out / "train.parquet")
-    assert list(train.columns) == list(data.COLUMNS) and list(train.index) == list(range(540))
-    with pytest.raises(DataSourceError, match="no such split; run the prepare_dataset rule"):
-        data.read_split(out / "nope.parquet")
+    train = prepare_data.read_split(out / "train.parquet")
+    assert list(train.columns) == list(prepare_data.COLUMNS) and list(train.index) == list(
+        range(540)
+    )
+    with pytest.raises(DataSourceError, match="no such split; run the prepare_data rule"):
+        prepare_data.read_split(out / "nope.parquet")
     pd.DataFrame({"nums": [[1, 2]]}).to_parquet(tmp_path / "bad.parquet")
     with pytest.raises(DataSourceError, match=r"missing column\(s\) target"):
-        data.read_split(tmp_path / "bad.parquet")
+        prepare_data.read_split(tmp_path / "bad.parquet")
 
 
 # ----------------------------------------------------------------------------- splits
@@ -229,34 +233,34 @@ def test_split_matches_datasets_with_a_seed() -> None:
     ds = Dataset.from_dict({"i": list(range(300))})
     sub = ds.shuffle(seed=111).select(range(200))
     ref = sub.train_test_split(test_size=0.1, seed=7)
-    split = data.split_indices(300, 111, 200, 0.1, 7, 5)
+    split = prepare_data.split_indices(300, 111, 200, 0.1, 7, 5)
     assert split.train == ref["train"]["i"]
     assert split.test == ref["test"]["i"]
     assert split.eval == split.test[:5]
 
 
 def test_split_reproducible_and_disjoint() -> None:
-    a = data.split_indices(1000, 1, 600, 0.1, 2, 20)
-    assert a == data.split_indices(1000, 1, 600, 0.1, 2, 20)
+    a = prepare_data.split_indices(1000, 1, 600, 0.1, 2, 20)
+    assert a == prepare_data.split_indices(1000, 1, 600, 0.1, 2, 20)
     assert len(a.train) + len(a.test) == 600 and len(a.test) == 60
     assert not set(a.train) & set(a.test)
-    b = data.split_indices(1000, 1, 600, 0.1, 3, 20)
+    b = prepare_data.split_indices(1000, 1, 600, 0.1, 3, 20)
     assert set(a.test) != set(b.test) and set(a.train + a.test) == set(b.train + b.test)
 
 
 def test_split_errors_name_the_key() -> None:
     with pytest.raises(ValueError, match=r"dataset\.num_samples"):
-        data.split_indices(10, 1, 20, 0.1, 1, 1)
+        prepare_data.split_indices(10, 1, 20, 0.1, 1, 1)
     with pytest.raises(ValueError, match=r"dataset\.eval_size"):
-        data.split_indices(100, 1, 100, 0.1, 1, 50)
+        prepare_data.split_indices(100, 1, 100, 0.1, 1, 50)
 
 
 def test_label_respects_its_budget() -> None:
     tasks = [Task((1, 2, 3), 6), Task((1, 1, 1), 99), Task((2, 2), 4)]
-    done = data.label(tasks, [1, 0, 2], budget_s=60)
+    done = prepare_data.label(tasks, [1, 0, 2], budget_s=60)
     assert done == {1: None, 0: countdown.simplest((1, 2, 3), 6), 2: ("+", "2 + 2")}
     assert done[0][0] == "++"
     ticks = iter([0.0, 0.0, 100.0])
-    assert data.label(tasks * 200, list(range(600)), 1.0, clock=lambda: next(ticks)) == {
+    assert prepare_data.label(tasks * 200, list(range(600)), 1.0, clock=lambda: next(ticks)) == {
         i: countdown.simplest(t.nums, t.target) for i, t in enumerate((tasks * 200)[:256])
     }
