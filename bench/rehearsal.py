@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 from pathlib import Path
 
+from aha import jsonl
+
 
 def step_times(train_log: Path) -> list[float]:
-    rows = [json.loads(line) for line in train_log.read_text().splitlines() if line.strip()]
+    rows = [row for _, row in jsonl.records(train_log)]
     return [float(row["step_time"]) for row in rows if "step_time" in row]
 
 

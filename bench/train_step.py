@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from aha import checkpoints, train
+from aha import checkpoints, jsonl, train
 from aha.config import run_view
 from aha.sections import RunSpec
 
@@ -109,7 +108,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         train.train(spec, Path(args.data_dir), args.model, out, extra_callbacks=[StepTimer()])
-        log = [json.loads(x) for x in (out / checkpoints.LOG_FILE).read_text().splitlines()]
+        log = [row for _, row in jsonl.records(out / checkpoints.LOG_FILE)]
     lengths = [row["completions/mean_length"] for row in log if "completions/mean_length" in row]
 
     g = view["grpo"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from aha import checkpoints, prompts, train
+from aha import checkpoints, grpo_rewards, prompts, train
 from aha.config import ConfigError
 from aha.sections import RunSpec
 from aha.train import TrainError
@@ -290,19 +290,19 @@ def test_unknown_grpo_option_and_missing_model_are_one_line_errors(
 
 
 def test_completion_sampler_writes_successes_and_respects_cap(tmp_path: Path) -> None:
-    sampler = train.CompletionSampler(tmp_path, seed=0, rate=1.0, max_bytes=200)
+    sampler = grpo_rewards.CompletionSampler(tmp_path, seed=0, rate=1.0, max_bytes=200)
     sampler.touch()
     good = " 3 + 4 = 7</think>\n<answer>3 + 4</answer>"
     bad = " no idea</think>\n<answer>3 * 4</answer>"
-    scores = train.EquationReward(sampler)([good, bad], target=[7, 7], nums=[[3, 4], [3, 4]])
+    scores = grpo_rewards.EquationReward(sampler)([good, bad], target=[7, 7], nums=[[3, 4], [3, 4]])
     assert scores == [1.0, 0.0]
-    text = (tmp_path / train.SAMPLES_FILE).read_text()
+    text = (tmp_path / grpo_rewards.SAMPLES_FILE).read_text()
     assert text.count("==============") == 2 and good in text and bad in text
-    success = (tmp_path / train.SUCCESS_FILE).read_text()
+    success = (tmp_path / grpo_rewards.SUCCESS_FILE).read_text()
     assert success.count("==============") == 1 and good in success and bad not in success
     for _ in range(20):
         sampler.record([good], [[3, 4]], [7], [1.0], step=1)
-    assert (tmp_path / train.SAMPLES_FILE).stat().st_size < 200 + 2 * len(good) + 100
+    assert (tmp_path / grpo_rewards.SAMPLES_FILE).stat().st_size < 200 + 2 * len(good) + 100
 
 
 # ----------------------------------------------------------------------------- real CPU runs
@@ -393,7 +393,7 @@ def test_resume_continues_without_redoing_steps(
     # rng state and data position restored: the same completions as an uninterrupted run
     straight = tmp_path / "straight"
     train.train(run_spec(), data_dir, str(tiny_model), straight, sample_rate=1.0)
-    samples = Path(train.SAMPLES_DIR, train.SAMPLES_FILE)
+    samples = Path(grpo_rewards.SAMPLES_DIR, grpo_rewards.SAMPLES_FILE)
     assert (out / samples).read_text() == (straight / samples).read_text()
 
     # a finished run asked again only rewrites its declared outputs
@@ -473,10 +473,10 @@ def test_cli_sigterm_saves_checkpoint_and_exits_nonzero(
 
 def test_stop_request_treats_a_quick_repeat_as_the_same_request(monkeypatch) -> None:
     """SLURM + torchrun deliver SIGTERM twice within a fraction of a second: one request."""
-    from aha.train import StopRequest
+    from aha.stop_signals import StopRequest
 
     killed: list[int] = []
-    monkeypatch.setattr("aha.train.os.kill", lambda pid, sig: killed.append(sig))
+    monkeypatch.setattr("aha.stop_signals.os.kill", lambda pid, sig: killed.append(sig))
     stop = StopRequest(debounce_s=5.0)
     stop.install()
     try:
@@ -493,7 +493,7 @@ def test_stop_request_treats_a_quick_repeat_as_the_same_request(monkeypatch) -> 
 def test_a_blocked_stop_signal_reaches_the_watcher_thread_and_interrupts_no_thread() -> None:
     """As in a training process (block_stop_signals first): SIGTERM to the process is taken by
     the watcher's sigwait, so no thread's system call sees EINTR, and the request is recorded."""
-    from aha.train import StopRequest, block_stop_signals
+    from aha.stop_signals import StopRequest, block_stop_signals
 
     before = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     block_stop_signals()

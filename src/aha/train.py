@@ -22,10 +22,8 @@ import argparse
 import json
 import logging
 import os
-import random
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import prepare_data, prompts, rewards
+from aha import prepare_data, prompts
 from aha.checkpoints import (
     LOG_FILE,
     STATE_FILE,
@@ -51,7 +49,9 @@ from aha.checkpoints import (
 )
 from aha.config import MODES, ConfigError
 from aha.config import quantization_kwargs as config_quantization
+from aha.grpo_rewards import SAMPLES_DIR, CompletionSampler, reward_funcs
 from aha.sections import RunSpec
+from aha.stop_signals import StopRequest, block_stop_signals
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -59,9 +59,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aha.train")
 
-SAMPLES_DIR = "completion_samples"
-SAMPLES_FILE = "completion_samples.txt"
-SUCCESS_FILE = "success_completion_samples.txt"
 # transformers 5: `gradient_checkpointing` is a deprecated alias of `activation_checkpointing`;
 # TRL's config still defaults the alias to True, so a mode default must set the new name.
 _CHECKPOINTING_KEYS = ("activation_checkpointing", "gradient_checkpointing")
@@ -237,164 +234,7 @@ def load_train_dataset(data_dir: Path, tokenizer: Any) -> Dataset:
     return Dataset.from_dict(columns)
 
 
-# ----------------------------------------------------------------------------- completion samples
-
-
-class CompletionSampler:
-    """Random completions (and successful ones) into the run folder, like the seed's script.
-
-    The seed wrote 10% of completions, and 10% of the correct ones, from inside its reward
-    functions; so does this, from the main process only, with a seeded generator and a size cap
-    per file so a long run cannot fill a disk with text.
-    """
-
-    def __init__(
-        self, out_dir: Path, seed: int, rate: float = 0.1, max_bytes: int = 2_000_000
-    ) -> None:
-        self.dir = Path(out_dir)
-        self.rate = rate
-        self.max_bytes = max_bytes
-        self.rng = random.Random(seed)
-
-    def touch(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        for name in (SAMPLES_FILE, SUCCESS_FILE):
-            (self.dir / name).touch()
-
-    def record(
-        self,
-        completions: Sequence[Any],
-        nums: Sequence[Any],
-        target: Sequence[Any],
-        success: Sequence[float],
-        step: int | None,
-    ) -> None:
-        for completion, n, t, ok in zip(completions, nums, target, success, strict=True):
-            text = rewards.completion_text(completion)
-            header = f"step {step} | nums {[int(x) for x in n]} | target {int(t)}"
-            if self.rng.random() < self.rate:
-                self._append(SAMPLES_FILE, header, text)
-            if ok == 1.0 and self.rng.random() < self.rate:
-                self._append(SUCCESS_FILE, header, text)
-
-    def _append(self, name: str, header: str, text: str) -> None:
-        path = self.dir / name
-        if path.exists() and path.stat().st_size >= self.max_bytes:
-            return
-        with path.open("a", encoding="utf-8") as fh:
-            fh.write(f"\n\n============== {header}\n{text}")
-
-
-class EquationReward:
-    """`aha.rewards.equation_reward` that also feeds the completion sampler (main process).
-
-    A callable object with the reward's `__name__`, so TRL's log keys stay
-    `rewards/equation_reward/mean`, and picklable, unlike a closure.
-    """
-
-    __name__ = "equation_reward"
-
-    def __init__(self, sampler: CompletionSampler | None) -> None:
-        self.sampler = sampler
-
-    def __call__(
-        self, completions: Sequence[Any], target: Sequence[Any], nums: Sequence[Any], **kwargs: Any
-    ) -> list[float]:
-        scores = rewards.equation_reward(completions, target=target, nums=nums, **kwargs)
-        state = kwargs.get("trainer_state")
-        if self.sampler is not None and getattr(state, "is_world_process_zero", True):
-            step = state.global_step + 1 if state is not None else None  # the step being trained
-            self.sampler.record(completions, nums, target, scores, step)
-        return scores
-
-
-def reward_funcs(sampler: CompletionSampler | None) -> list[Callable[..., list[float]]]:
-    """[format, equation], in the order of the configs' `reward_weights`."""
-    return [rewards.format_reward, EquationReward(sampler)]
-
-
 # ----------------------------------------------------------------------------- callbacks
-
-
-def block_stop_signals() -> None:
-    """Block SIGTERM and SIGINT in this thread and so in every thread it starts afterwards.
-
-    Called first thing in a training process: a signal then interrupts no thread's system call
-    (a gloo or HTTP wait in C code could fail on EINTR mid-collective and lose the checkpoint
-    the signal asks for); StopRequest's watcher thread takes it with sigwait instead.
-    """
-    signal.pthread_sigmask(signal.SIG_BLOCK, StopRequest.SIGNALS)
-
-
-class StopRequest:
-    """SIGTERM/SIGINT -> a flag the step callback turns into "save and stop"; again -> die now.
-
-    A repeat within `debounce_s` counts as the same request: under SLURM each torchrun worker
-    gets SIGTERM from both the job step and its launcher within a fraction of a second, and
-    dying on the second copy would lose the checkpoint the first one asked for. Where the
-    signals are blocked (`block_stop_signals`) a watcher thread waits for them; the handler
-    covers a thread that has them unblocked.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, debounce_s: float = 5.0) -> None:
-        self.signum: int | None = None
-        self.debounce_s = debounce_s
-        self._first_at = 0.0
-        self._previous: dict[int, Any] = {}
-        self._lock = threading.Lock()
-        self._watcher: threading.Thread | None = None
-        self._closing = False
-
-    def install(self) -> None:
-        for sig in self.SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._handle)
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        if self._watcher is None and set(self.SIGNALS) <= blocked:
-            self._watcher = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
-            self._watcher.start()  # inherits the mask: sigwait needs the signals blocked
-
-    def uninstall(self) -> None:
-        """Restore the handlers and end the watcher; the signals stay blocked, so a late one
-        waits while the process writes its log and exits (the launcher's grace covers it)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-        if self._watcher is not None:
-            self._closing = True
-            signal.pthread_kill(self._watcher.ident, self.SIGNALS[0])
-            self._watcher.join(timeout=5)
-            self._watcher = None
-
-    def _watch(self) -> None:
-        while True:
-            signum = signal.sigwait(self.SIGNALS)
-            if self._closing:
-                return
-            self._request(signum, main_thread=False)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self._request(signum, main_thread=True)
-
-    def _request(self, signum: int, *, main_thread: bool) -> None:
-        with self._lock:
-            if self.signum is not None:
-                if time.monotonic() - self._first_at < self.debounce_s:
-                    return  # the same stop request delivered twice (launcher + job step)
-                log.warning("%s again: stopping now", signal.Signals(signum).name)
-                if not main_thread:
-                    os._exit(128 + signum)
-                signal.signal(signum, signal.SIG_DFL)  # a later one: stop waiting for the step
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
-                os.kill(os.getpid(), signum)
-                return
-            self.signum = signum
-            self._first_at = time.monotonic()
-        log.warning(
-            "%s received: saving a checkpoint at the end of this step, then stopping",
-            signal.Signals(signum).name,
-        )
 
 
 def make_callbacks(
