@@ -168,6 +168,28 @@ def test_seeds_default_to_the_seed_training_used_before_and_replace_grpo_seed() 
     assert run_view(cfg, "r")["grpo"]["seed"] == 3
 
 
+def test_replicates_overlay_dry_run_trains_each_seed_and_samples_step_0_once(
+    tmp_path: Path,
+) -> None:
+    """config/tiny-replicates.yaml over tiny.yaml: 3 trainings, one step-0 sample; its eval is
+    the whole test split (ceil(2905 x 0.1) = 291 tasks) at k 6."""
+    files = [ROOT / "config" / "tiny.yaml", ROOT / "config" / "tiny-replicates.yaml"]
+    merged = yaml.safe_load(files[0].read_text())
+    overlay = yaml.safe_load(files[1].read_text())
+    merged["dataset"]["eval_size"] = overlay["dataset"]["eval_size"]
+    validate(merged, str(SCHEMA))
+    check(merged)  # 291 is the whole split: one more is refused
+    merged["dataset"]["eval_size"] += 1
+    with pytest.raises(ConfigError, match="exceeds the test split"):
+        check(merged)
+    proc = snakemake(tmp_path, "-n", configfile=files)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.MULTILINE))
+    assert counts["train"] == "3" and counts["sample_base"] == "1" and counts["sample"] == "12"
+    for seed in (42, 43, 44):
+        assert f"results/runs/tiny-cpu/seed-{seed}/checkpoints" in proc.stdout
+    assert "results/runs/tiny-cpu/base/samples/step-0.jsonl" in proc.stdout
+
+
 def test_generation_batch_size() -> None:
     assert (
         generation_batch_size({"per_device_train_batch_size": 8, "gradient_accumulation_steps": 8})
