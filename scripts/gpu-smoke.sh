@@ -266,10 +266,11 @@ import pandas as pd
 
 from aha import config as C
 from aha import launch
-from aha.sample import Sampling
+from aha.sections import Sampling, section
 
 device, python, model, data, work, setup = sys.argv[1:]
 setup = Path(setup)
+repo = C.SCHEMA_PATH.parents[2]  # this checkout: the rule passes its zero3 yaml the same way
 grpo = {  # config.yaml's qwen runs, at the tiny model's size: 4 steps of 8 completions
     "max_steps": 4, "learning_rate": 1.0e-5, "beta": 0.001, "loss_type": "grpo",
     "scale_rewards": "group", "num_generations": 4, "per_device_train_batch_size": 8,
@@ -303,7 +304,8 @@ for job, (cfg, run) in jobs.items():
     out_dir = f"{work}/{job.removesuffix('-resume')}"
     args = ["--run-spec", json.dumps(spec), "--data-dir", data, "--model", model,
             "--out-dir", out_dir, "--seed", "42"]
-    argv = launch.train_command(spec, 1, python, args)
+    argv = launch.train_command(spec, 1, python, args,
+                                accelerate_config=f"{repo}/workflow/accelerate/zero3.yaml")
     (setup / f"spec-{job}.json").write_text(json.dumps(spec))
     (setup / f"argv-{job}").write_text("\0".join(argv) + "\0")
     print(f"{job}: {' '.join(a if a != args[1] else 'SPEC' for a in argv)}")
@@ -312,7 +314,7 @@ sampling = {"k": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 32, "bat
             "seed": 1}
 if "backend" in {f.name for f in dataclasses.fields(Sampling)}:
     sampling["backend"] = "hf"
-Sampling.from_dict(sampling)
+section(Sampling, sampling)  # the sampling section as the DAG checks it
 (setup / "sampling.json").write_text(json.dumps(sampling))
 quant = C.quantization_kwargs("qlora", runs["smoke-qlora"]["quantization"])
 (setup / "quantization.json").write_text(json.dumps(quant))

@@ -9,7 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from aha.behaviours import BEHAVIOURS, MAX_SCAN_CHARS, count_candidates, detect, summarize, thinking
+from aha.behaviours import (
+    BEHAVIOURS,
+    MAX_SCAN_CHARS,
+    REFLECTION_WORDS,
+    count_candidates,
+    detect,
+    reflection_summary,
+    reflection_words,
+    summarize,
+    thinking,
+)
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "behaviours.md"
 
@@ -242,3 +252,57 @@ def test_detect_on_simulated_tiny_traces() -> None:
             "backtrack": backtrack,
             "candidates": candidates,
         }, text
+
+
+REFLECTIVE = (
+    "Wait, but 3 + 7 = 10. WAIT... but_x butter; However I must check: checked, checking, "
+    "double-check, errors, error.</think>\n<answer>but wait check</answer>"
+)
+UNCLOSED = "hmm, wrong. Let me Verify and evaluate; retry after the mistake"
+
+
+def _words(**nonzero: int) -> dict[str, int]:
+    return {w: nonzero.get(w, 0) for w in REFLECTION_WORDS}
+
+
+def test_reflection_words_whole_words_in_thinking_only() -> None:
+    # exact forms only: checked/checking/errors/butter/but_x do not count; the answer is ignored
+    assert reflection_words(REFLECTIVE) == _words(wait=2, but=1, however=1, check=2, error=1)
+    assert list(reflection_words(REFLECTIVE)) == list(REFLECTION_WORDS)
+    # no </think>: the whole completion is the thinking
+    assert reflection_words(UNCLOSED) == _words(wrong=1, verify=1, evaluate=1, retry=1, mistake=1)
+    assert reflection_words(" 4 * 5 = 20 </think> wait but") == _words()
+    assert reflection_words("") == _words()
+    assert reflection_words("rebut, waiting, mistaken, verifying, wrongly, re-check") == _words(
+        check=1
+    )
+    assert reflection_words("x" * MAX_SCAN_CHARS + " wait") == _words()  # past the scan cap
+
+
+def test_reflection_summary_by_hand() -> None:
+    def row(text: str, eq: float) -> dict:
+        return {"text": text, "equation_reward": eq}
+
+    samples = [
+        row(REFLECTIVE, 1.0),  # 7 words
+        row(UNCLOSED, 0.0),  # 5 words
+        row(" 4 * 5 = 20 </think> wait but", 1.0),
+        row("", 1.0),
+    ]
+    got = reflection_summary(samples)
+    assert got == {
+        "words_per_completion": 3.0,
+        "share_with_any": 0.5,
+        "success_with": 0.5,
+        "success_without": 1.0,
+        "per_word": {w: 0.5 if w in ("wait", "check") else 0.25 for w in REFLECTION_WORDS},
+    }
+    assert reflection_summary(samples[2:])["success_with"] is None
+    assert reflection_summary(samples[:2])["success_without"] is None
+    assert reflection_summary([]) == {
+        "words_per_completion": None,
+        "share_with_any": None,
+        "success_with": None,
+        "success_without": None,
+        "per_word": dict.fromkeys(REFLECTION_WORDS),
+    }

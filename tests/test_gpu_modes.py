@@ -28,6 +28,7 @@ from tests.processes import alive, free_port, wait_until
 ROOT = Path(__file__).resolve().parents[1]
 PY = "/env/bin/python"
 ARGS = ["--run-spec", "{}", "--seed", "42"]
+ZERO3 = "/repo/workflow/accelerate/zero3.yaml"  # the rule passes the path of its workflow
 
 
 def spec(mode: str, **grpo) -> dict:
@@ -48,11 +49,13 @@ def test_qlora_without_a_gpu_is_refused():
 
 
 def test_zero3_colocate_launches_accelerate_on_every_gpu():
-    cmd = train_command(spec("zero3", use_vllm=True, vllm_mode="colocate"), 4, PY, ARGS)
+    cmd = train_command(
+        spec("zero3", use_vllm=True, vllm_mode="colocate"), 4, PY, ARGS, accelerate_config=ZERO3
+    )
     assert cmd == [
         "env", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=240",  # time for every rank to save on SIGTERM
         PY, "-m", "accelerate.commands.launch",
-        "--config_file", "workflow/accelerate/zero3.yaml",
+        "--config_file", ZERO3,
         "--num_processes", "4",
         "-m", "aha", "train", *ARGS,
     ]  # fmt: skip
@@ -61,7 +64,9 @@ def test_zero3_colocate_launches_accelerate_on_every_gpu():
 def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
     run = spec("zero3", use_vllm=True, vllm_mode="server", vllm_server_port=8123)
     run["vllm_server"] = {"gpu_memory_utilization": 0.5}
-    cmd = train_command(run, 4, PY, ARGS, server_log="logs/train/r.vllm-server.log")
+    cmd = train_command(
+        run, 4, PY, ARGS, server_log="logs/train/r.vllm-server.log", accelerate_config=ZERO3
+    )
     cut = cmd.index("--")
     assert cmd[:cut] == [
         PY, "-m", "aha", "with-vllm-server",
@@ -77,7 +82,7 @@ def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
 
 def test_zero3_server_serves_the_model_it_is_given_and_needs_two_gpus():
     run = spec("zero3", use_vllm=True, vllm_mode="server")
-    cmd = train_command(run, 2, PY, [], model="results/models/tiny")
+    cmd = train_command(run, 2, PY, [], model="results/models/tiny", accelerate_config=ZERO3)
     assert cmd[cmd.index("--model") + 1] == "results/models/tiny"
     assert cmd[cmd.index("--port") + 1] == "8000"  # GRPOConfig's default port
     assert "--server-args" not in cmd
@@ -85,11 +90,13 @@ def test_zero3_server_serves_the_model_it_is_given_and_needs_two_gpus():
         train_command(run, 1, PY, [])
     with pytest.raises(LaunchError, match="at least 1 GPU"):
         train_command(spec("zero3"), 0, PY, [])
+    with pytest.raises(LaunchError, match="needs an accelerate config file"):
+        train_command(spec("zero3"), 1, PY, [])  # no default path relative to the cwd
 
 
 def test_zero3_without_vllm_use_is_plain_accelerate_even_if_mode_says_server():
     # vllm_mode only matters with use_vllm: no server is started for HF generation.
-    cmd = train_command(spec("zero3", vllm_mode="server"), 2, PY, [])
+    cmd = train_command(spec("zero3", vllm_mode="server"), 2, PY, [], accelerate_config=ZERO3)
     assert cmd[2:5] == [PY, "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "2"
 
@@ -101,7 +108,7 @@ def test_default_devices_per_mode():
 def test_seed_config_zero3_run_reproduces_the_seed_batch_on_four_gpus():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     run = run_view(config, "qwen-zero3")
-    cmd = train_command(run, default_devices(run), "python", [])
+    cmd = train_command(run, default_devices(run), "python", [], accelerate_config=ZERO3)
     processes = int(cmd[cmd.index("--num_processes") + 1])
     assert processes == 3 and cmd[cmd.index("--model") + 1] == "Qwen/Qwen2.5-3B-Instruct"
     grpo = run["grpo"]

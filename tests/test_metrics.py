@@ -11,11 +11,14 @@ import pytest
 from aha.metrics import (
     NO_PATTERN,
     Z95,
+    length_by_outcome,
     mean_t_interval,
     numbers_ok_share,
     pass_at_k,
+    pass_at_k_curve,
     pooled_wilson,
     success_by_pattern,
+    success_by_size,
     summarize,
     t_cdf,
     t_quantile,
@@ -233,3 +236,95 @@ def test_pooled_wilson_is_wilson_of_the_summed_counts() -> None:
         pooled_wilson([])
     with pytest.raises(ValueError, match="successes must be >= 0"):
         pooled_wilson([(-1, 4)])
+
+
+def _flags(pid: int, flags: list[float], **kw) -> list[dict]:
+    return [_sample(pid, i, eq, **kw) for i, eq in enumerate(flags)]
+
+
+def test_pass_at_k_curve_known_values() -> None:
+    one_of_four = _flags(0, [0.0, 1.0, 0.0, 0.0])
+    assert pass_at_k_curve(one_of_four, 4) == pytest.approx({1: 0.25, 2: 0.5, 3: 0.75, 4: 1.0})
+    assert pass_at_k_curve(_flags(0, [0.0] * 4), 4) == {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0}
+    # c = 2 of 4: pass@2 = 1 - C(2,2)/C(4,2) = 5/6
+    assert pass_at_k_curve(_flags(0, [1.0, 1.0, 0.0, 0.0]), 3) == pytest.approx(
+        {1: 0.5, 2: 5 / 6, 3: 1.0}
+    )
+
+
+def test_pass_at_k_curve_averages_prompts_and_stops_at_smallest_n() -> None:
+    two = _flags(0, [0.0, 1.0, 0.0, 0.0]) + _flags(1, [0.0] * 4)
+    assert pass_at_k_curve(two, 4) == pytest.approx({1: 0.125, 2: 0.25, 3: 0.375, 4: 0.5})
+    assert list(pass_at_k_curve(two, 2)) == [1, 2]
+    # a prompt with 3 samples: the curve stops at k = 3 for every prompt (n < k never mixed in)
+    uneven = _flags(0, [0.0, 1.0, 0.0, 0.0]) + _flags(1, [1.0, 0.0, 0.0])
+    curve = pass_at_k_curve(uneven, 10)
+    assert curve == pytest.approx({1: (0.25 + 1 / 3) / 2, 2: (0.5 + 2 / 3) / 2, 3: 1.0 - 0.25 / 2})
+    assert curve[3] == summarize(uneven)["pass_at_k"]
+    assert curve[1] == summarize(uneven)["pass_at_1"]
+
+
+def test_pass_at_k_curve_empty_and_bad_input() -> None:
+    assert pass_at_k_curve([], 5) == {}
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError):
+            pass_at_k_curve(_flags(0, [1.0]), bad)
+    with pytest.raises(ValueError, match="duplicate"):
+        pass_at_k_curve(_flags(0, [1.0]) + _flags(0, [0.0]), 1)
+
+
+def test_length_by_outcome_by_hand() -> None:
+    samples = [
+        _sample(0, 0, 1.0, tokens=10),
+        _sample(0, 1, 0.0, tokens=5),
+        _sample(0, 2, 1.0, tokens=40),
+        _sample(1, 0, 0.0, tokens=7, truncated=True),
+        _sample(1, 1, 1.0, tokens=20),
+        _sample(1, 2, 0.5, tokens=9),  # a partial reward is not a success
+    ]
+    assert length_by_outcome(samples) == {
+        "correct": {"n": 3, "tokens_mean": pytest.approx(70 / 3), "tokens_median": 20.0},
+        "incorrect": {"n": 3, "tokens_mean": 7.0, "tokens_median": 7.0},
+        "truncated_share": pytest.approx(1 / 6),
+    }
+    failures = [_sample(0, 0, 0.0, tokens=4, truncated=True), _sample(0, 1, 0.0, tokens=7)]
+    assert length_by_outcome(failures) == {
+        "correct": {"n": 0, "tokens_mean": None, "tokens_median": None},
+        "incorrect": {"n": 2, "tokens_mean": 5.5, "tokens_median": 5.5},
+        "truncated_share": 0.5,
+    }
+    none = {"n": 0, "tokens_mean": None, "tokens_median": None}
+    assert length_by_outcome([]) == {"correct": none, "incorrect": none, "truncated_share": None}
+
+
+def test_success_by_size_by_hand() -> None:
+    def sized(pid: int, idx: int, eq: float, nums: list[int]) -> dict:
+        return {**_sample(pid, idx, eq), "nums": nums}
+
+    samples = [
+        sized(0, 0, 1.0, [3, 7, 12]),
+        sized(0, 1, 0.0, [3, 7, 12]),
+        sized(1, 0, 0.0, [55, 36, 19, 7]),
+        sized(1, 1, 0.0, [55, 36, 19, 7]),
+        sized(2, 0, 1.0, [1, 2, 3]),
+    ]
+    got = success_by_size(samples)
+    assert list(got) == [3, 4]
+    lo3, hi3 = wilson_interval(2, 3)
+    assert got[3] == {
+        "n": 3,
+        "successes": 2,
+        "success_rate": 2 / 3,
+        "success_lo": lo3,
+        "success_hi": hi3,
+    }
+    assert got[4] == {
+        "n": 2,
+        "successes": 0,
+        "success_rate": 0.0,
+        "success_lo": 0.0,
+        "success_hi": wilson_interval(0, 2)[1],
+    }
+    assert success_by_size([]) == {}
+    with pytest.raises(ValueError, match="nums"):
+        success_by_size([_sample(0, 0, 1.0)])

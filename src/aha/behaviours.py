@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aha import rewards
+from aha import metrics, rewards
 
 MAX_SCAN_CHARS = 16_000  # ~4k tokens: longer than any configured completion
 THINK_END = "</think>"
@@ -213,4 +213,50 @@ def summarize(texts: Iterable[str]) -> dict[str, float | None]:
         "verify_share": sum(f["verify"] for f in found) / len(found),
         "backtrack_share": sum(f["backtrack"] for f in found) / len(found),
         "candidates_mean": statistics.fmean(f["candidates"] for f in found),
+    }
+
+
+# DeepSeek-R1's reflection words, counted as the R1-Zero replications do.
+REFLECTION_WORDS: tuple[str, ...] = (
+    "wait", "mistake", "however", "but", "retry", "error", "verify", "wrong", "evaluate", "check",
+)  # fmt: skip
+_REFLECTION_RE = re.compile(r"\b(?:" + "|".join(REFLECTION_WORDS) + r")\b", re.IGNORECASE)
+
+
+def reflection_words(text: str) -> dict[str, int]:
+    """Occurrences of each of REFLECTION_WORDS in the completion's thinking.
+
+    The thinking is `thinking(text)`: before the first `</think>` (the prompt opens the tag),
+    or the whole completion when it never closes it, capped at MAX_SCAN_CHARS, so the answer's
+    words are not counted. Whole words, any case, exact forms only: 'checked', 'errors' and
+    'butter' do not count, so the tally stays comparable with the published word lists; a
+    hyphen or apostrophe ends a word ('double-check' counts 'check').
+    """
+    counts = dict.fromkeys(REFLECTION_WORDS, 0)
+    for m in _REFLECTION_RE.finditer(thinking(text)):
+        counts[m.group().lower()] += 1
+    return counts
+
+
+def reflection_summary(samples: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Reflection words per completion, and success with and without any of them.
+
+    R1-Zero's "aha" is reflection that pays off: a rise in words_per_completion alone may be
+    filler, so success is split by whether a completion reflects (None for an empty side).
+    per_word is each word's mean count per completion; every value is None with no samples.
+    """
+    rows = [(reflection_words(s["text"]), metrics.is_success(s)) for s in samples]
+    with_any = [ok for counts, ok in rows if any(counts.values())]
+    without = [ok for counts, ok in rows if not any(counts.values())]
+
+    def rate(flags: list[bool]) -> float | None:
+        return sum(flags) / len(flags) if flags else None
+
+    n = len(rows)
+    return {
+        "words_per_completion": sum(sum(c.values()) for c, _ in rows) / n if n else None,
+        "share_with_any": len(with_any) / n if n else None,
+        "success_with": rate(with_any),
+        "success_without": rate(without),
+        "per_word": {w: sum(c[w] for c, _ in rows) / n if n else None for w in REFLECTION_WORDS},
     }

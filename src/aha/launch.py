@@ -21,7 +21,6 @@ from typing import Any
 from aha.config import training_processes, uses_vllm_server
 from aha.sample_vllm import CPU_KVCACHE_GIB
 
-ZERO3_CONFIG = "workflow/accelerate/zero3.yaml"
 DEFAULT_PORT = 8000  # GRPOConfig.vllm_server_port's default
 
 
@@ -56,7 +55,7 @@ def train_command(
     *,
     model: str | None = None,
     server_log: str | None = None,
-    accelerate_config: str = ZERO3_CONFIG,
+    accelerate_config: str | None = None,
 ) -> list[str]:
     """The argv that trains `run_spec` (a `aha.config.run_view`) on `gpus` devices.
 
@@ -64,7 +63,8 @@ def train_command(
     them (`aha.config.default_devices`): the split between training and server is the same.
     `train_args` are appended after `aha train` (pass [] to get a prefix the rule extends).
     `model` is what the vLLM server serves in server mode (default: the run's
-    model.name_or_path); `server_log` is where the server's output goes.
+    model.name_or_path); `server_log` is where the server's output goes. `accelerate_config`
+    is the accelerate + DeepSpeed yaml of a zero3 run: the rule passes its path.
     """
     mode = run_spec.get("mode")
     name = run_spec.get("name", "?")
@@ -86,6 +86,8 @@ def train_command(
         need = f"2 {unit}es" if on_cpu else "2 GPUs"
         need = f"{need} (one trains, the last serves vLLM)" if server else f"1 {unit}"
         raise LaunchError(f"runs.{name}: mode zero3 needs at least {need} (resources gpu={gpus})")
+    if not accelerate_config:
+        raise LaunchError(f"runs.{name}: mode zero3 needs an accelerate config file")
     launch = [
         "env",
         f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={ELASTIC_SHUTDOWN_TIMEOUT_S}",

@@ -278,3 +278,73 @@ def pooled_wilson(counts: Iterable[tuple[int, int]], z: float = Z95) -> tuple[fl
     n = sum(n for _, n in pairs)
     lo, hi = wilson_interval(successes, n, z)
     return successes / n, lo, hi
+
+
+def pass_at_k_curve(samples: Sequence[Mapping[str, Any]], max_k: int) -> dict[int, float]:
+    """Mean unbiased pass@k over prompts for k = 1 .. min(max_k, smallest prompt's n).
+
+    The curve stops at the smallest number of samples any prompt has (as `summarize` picks k),
+    so every point averages the same prompts and the curve cannot dip because a prompt dropped
+    out; its last point at that k equals summarize's pass_at_k. No samples: {}.
+    """
+    if _check_count("max_k", max_k) < 1:
+        raise ValueError(f"pass_at_k_curve: max_k must be >= 1, got {max_k}")
+    groups = list(_group_by_prompt(samples).values())
+    if not groups:
+        return {}
+    top = min(max_k, min(len(flags) for flags in groups))
+    return {
+        k: statistics.fmean(pass_at_k(len(f), sum(f), k) for f in groups) for k in range(1, top + 1)
+    }
+
+
+def _lengths(tokens: Sequence[int]) -> dict[str, Any]:
+    if not tokens:
+        return {"n": 0, "tokens_mean": None, "tokens_median": None}
+    return {
+        "n": len(tokens),
+        "tokens_mean": statistics.fmean(tokens),
+        "tokens_median": float(statistics.median(tokens)),
+    }
+
+
+def length_by_outcome(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Completion length of successes and failures apart, and the truncated share.
+
+    A mean length that grows may be longer reasoning or more failures that ramble into the
+    token limit; split by outcome, with the truncated share beside it, the two are told apart.
+    Mean and median are None for an empty group; truncated_share is None with no samples.
+    """
+    correct = [int(s["num_tokens"]) for s in samples if _success(s)]
+    incorrect = [int(s["num_tokens"]) for s in samples if not _success(s)]
+    return {
+        "correct": _lengths(correct),
+        "incorrect": _lengths(incorrect),
+        "truncated_share": _share(bool(s["truncated"]) for s in samples) if samples else None,
+    }
+
+
+def _success_record(flags: Sequence[bool]) -> dict[str, Any]:
+    """n, successes, rate and Wilson 95% interval of a non-empty list of success flags."""
+    lo, hi = wilson_interval(sum(flags), len(flags))
+    return {
+        "n": len(flags),
+        "successes": sum(flags),
+        "success_rate": sum(flags) / len(flags),
+        "success_lo": lo,
+        "success_hi": hi,
+    }
+
+
+def success_by_size(samples: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Success per task size (how many numbers), ascending: 4-number tasks are much harder, so
+    a shift in the mix of sizes can move the overall rate with no change in skill."""
+    groups: dict[int, list[bool]] = defaultdict(list)
+    for s in samples:
+        if "nums" not in s:
+            raise ValueError(
+                f"success_by_size: sample (prompt_id {s.get('prompt_id')}, "
+                f"sample_index {s.get('sample_index')}) has no 'nums'"
+            )
+        groups[len(s["nums"])].append(_success(s))
+    return {size: _success_record(groups[size]) for size in sorted(groups)}
