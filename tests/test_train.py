@@ -6,6 +6,7 @@ template, built here in a second, so these tests do not depend on the workflow's
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -444,13 +445,7 @@ def test_cli_sigterm_saves_checkpoint_and_exits_nonzero(
     """The real thing: `python -m aha train` in a subprocess, SIGTERM from outside mid-run."""
     out = tmp_path / "run"
     spec = run_spec(max_steps=200, checkpoints=(200,), save_steps=1000)
-    view = {
-        "name": spec.name,
-        "mode": spec.mode,
-        "model": spec.model,
-        "checkpoints": list(spec.checkpoints),
-        "grpo": spec.grpo,
-    }
+    view = dataclasses.asdict(spec)  # a run view, as the train rule passes it
     cmd = [sys.executable, "-m", "aha", "train", "--run-spec", json.dumps(view)]
     cmd += ["--data-dir", str(data_dir), "--model", str(tiny_model), "--out-dir", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
