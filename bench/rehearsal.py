@@ -35,15 +35,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("workdir", type=Path, help="the DAG's working directory (e.g. rehearsal)")
     args = parser.parse_args()
-    runs = sorted(p.name for p in (args.workdir / "results" / "runs").iterdir() if p.is_dir())
+    root = args.workdir / "results" / "runs"
+    # one row per replicate (results/runs/RUN/seed-SEED); rule train's and rule sample's
+    # benchmarks are named RUN-seedSEED and RUN-seedSEED-STEP
+    replicates = sorted(
+        (run.name, folder.name.removeprefix("seed-"))
+        for run in root.iterdir()
+        if run.is_dir()
+        for folder in run.glob("seed-*")
+    )
     print("run\tlogged steps\ts/step median\ts/step max\ttrain_grpo job s\tsample jobs s (each)")
-    for run in runs:
-        times = step_times(args.workdir / "results" / "runs" / run / "train_log.jsonl")[1:]
+    for name, seed in replicates:
+        run = f"{name}-seed{seed}"
+        times = step_times(root / name / f"seed-{seed}" / "train_log.jsonl")[1:]
         train = job_seconds(args.workdir / "benchmarks" / "train" / f"{run}.tsv")
         samples = sorted(
             path
             for path in (args.workdir / "benchmarks" / "sample").glob(f"{run}-*.tsv")
-            if path.stem.removeprefix(f"{run}-").isdigit()  # not qwen-zero3-colocate-N
+            if path.stem.removeprefix(f"{run}-").isdigit()
         )
         sample_s = [s for s in map(job_seconds, samples) if s is not None]
         print(

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/warm_start_quality.py [--model results/models/tiny]
         [--eval results/data/eval.parquet] [--prompts 200] [--seed 0] [--threads 1]
-    .venv/bin/python bench/warm_start_quality.py --samples results/runs/RUN/samples/step-*.jsonl
+    .venv/bin/python bench/warm_start_quality.py --samples results/runs/RUN/*/samples/step-*.jsonl
 
 One temperature-1.0 sample (128 new tokens) per eval prompt, then, over every stated step
 "a op b = c" of the thinking: the share whose arithmetic is right (by operator, and for values

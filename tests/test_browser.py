@@ -337,6 +337,8 @@ def build_report_workflow(workdir: Path) -> Path:
         "qwen-a": {"mode": "zero3", "model": SWEEP["qwen-a"]["model"], "grpo": dict(tiny["grpo"])},
         "tiny-b": tiny,
     }
+    for spec in cfg["runs"].values():
+        spec["seeds"] = [42]  # the seed write_results trains its synthetic runs with
     cfg["report"]["seed_reference"] = True
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     write_results(workdir / "results", SWEEP)

@@ -12,7 +12,16 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from aha.config import ConfigError, check, generation_batch_size, run_view, schema_error, steps
+from aha.config import (
+    ConfigError,
+    check,
+    generation_batch_size,
+    replicate_view,
+    run_seeds,
+    run_view,
+    schema_error,
+    steps,
+)
 from aha.sections import SECTIONS, DatasetConfig, section
 from tests.conftest import ROOT, snakemake
 
@@ -80,6 +89,8 @@ def test_eval_size_may_be_the_whole_test_split_as_the_data_stage_sizes_it() -> N
         ("runs.r.grpo.max_steps", None, "runs.r.grpo.max_steps: required"),
         ("runs.r.lora", {"r": 8}, "runs.r.lora: LoRA/quantization settings need mode qlora"),
         ("dataset.eval_size", 500, "dataset.eval_size: 500 exceeds the test split"),
+        ("runs.r.seeds", [42, -1], "runs.r.seeds: distinct integers in 0..4294967295"),
+        ("runs.r.seeds", [2**32], "runs.r.seeds: distinct integers in 0..4294967295"),
     ],
 )
 def test_semantic_checks_name_the_key(path: str, value, message: str) -> None:
@@ -102,6 +113,9 @@ def test_semantic_checks_name_the_key(path: str, value, message: str) -> None:
         (with_change("runs.r.lr", 0.1), "runs.r.lr: unknown key"),
         ({"checkpoints": [1]}, "runs: required"),
         (with_change("dataset.source", "s3"), "dataset.source: 's3' is not one of"),
+        (with_change("runs.r.seeds", [42, 42]), "runs.r.seeds: [42, 42] has non-unique elements"),
+        (with_change("runs.r.seeds", []), "runs.r.seeds: [] should be non-empty"),
+        (with_change("runs.r.seeds", [4.5]), "runs.r.seeds.0: 4.5 is not of type 'integer'"),
     ],
 )
 def test_schema_errors_are_one_line_naming_the_key(cfg: dict, message: str) -> None:
@@ -132,6 +146,48 @@ def test_run_view_applies_overrides_without_touching_the_config() -> None:
     assert cfg == before
     with pytest.raises(ConfigError, match=r"runs\.nope: no such run"):
         run_view(cfg, "nope")
+
+
+def test_seeds_default_to_the_seed_training_used_before_and_replace_grpo_seed() -> None:
+    """No `seeds`: one replicate, seeded as TRL was before (grpo.seed, else the top-level seed).
+    With `seeds`, each replicate's seed is its TRL seed, the run's grpo.seed replaced."""
+    cfg = base()
+    validate(cfg, str(SCHEMA))
+    assert run_seeds(cfg, "r") == [42]  # the schema's top-level seed
+    cfg["seed"] = 7
+    assert run_seeds(cfg, "r") == [7]
+    cfg["runs"]["r"]["grpo"]["seed"] = 3
+    assert run_seeds(cfg, "r") == [3]
+    assert replicate_view(cfg, "r", 3)["grpo"]["seed"] == 3
+    cfg["runs"]["r"]["seeds"] = [44, 43]
+    check(cfg)
+    assert run_seeds(cfg, "r") == [44, 43]
+    view = replicate_view(cfg, "r", 43)
+    assert view["grpo"]["seed"] == 43 and "seeds" not in view
+    assert cfg["runs"]["r"]["grpo"]["seed"] == 3  # the config itself untouched
+    assert run_view(cfg, "r")["grpo"]["seed"] == 3
+
+
+def test_replicates_overlay_dry_run_trains_each_seed_and_samples_step_0_once(
+    tmp_path: Path,
+) -> None:
+    """config/tiny-replicates.yaml over tiny.yaml: 3 trainings, one step-0 sample; its eval is
+    the whole test split (ceil(2905 x 0.1) = 291 tasks) at k 6."""
+    files = [ROOT / "config" / "tiny.yaml", ROOT / "config" / "tiny-replicates.yaml"]
+    merged = yaml.safe_load(files[0].read_text())
+    overlay = yaml.safe_load(files[1].read_text())
+    merged["dataset"]["eval_size"] = overlay["dataset"]["eval_size"]
+    validate(merged, str(SCHEMA))
+    check(merged)  # 291 is the whole split: one more is refused
+    merged["dataset"]["eval_size"] += 1
+    with pytest.raises(ConfigError, match="exceeds the test split"):
+        check(merged)
+    proc = snakemake(tmp_path, "-n", configfile=files)
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.MULTILINE))
+    assert counts["train"] == "3" and counts["sample_base"] == "1" and counts["sample"] == "12"
+    for seed in (42, 43, 44):
+        assert f"results/runs/tiny-cpu/seed-{seed}/checkpoints" in proc.stdout
+    assert "results/runs/tiny-cpu/base/samples/step-0.jsonl" in proc.stdout
 
 
 def test_generation_batch_size() -> None:

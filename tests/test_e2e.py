@@ -16,6 +16,10 @@ pytestmark = pytest.mark.slow
 CFG = yaml.safe_load(TINY_TEST_CONFIG.read_text())
 RUN = next(iter(CFG["runs"]))
 STEPS = [0, *CFG["checkpoints"]]
+# No `seeds`: one replicate, seeded as TRL was (the run's grpo.seed); step 0 in base/
+SEED = CFG["runs"][RUN]["grpo"]["seed"]
+RUN_DIR = Path("results") / "runs" / RUN / f"seed-{SEED}"
+BASE_DIR = Path("results") / "runs" / RUN / "base"
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -36,7 +40,7 @@ def test_data_splits(tiny_dag: Path) -> None:
 
 
 def test_checkpoints_exactly_at_configured_steps(tiny_dag: Path) -> None:
-    run_dir = tiny_dag / "results" / "runs" / RUN
+    run_dir = tiny_dag / RUN_DIR
     manifests = sorted(p.name for p in (run_dir / "checkpoints").glob("step-*.json"))
     assert manifests == sorted(f"step-{s}.json" for s in CFG["checkpoints"])
     for step in CFG["checkpoints"]:
@@ -48,7 +52,7 @@ def test_checkpoints_exactly_at_configured_steps(tiny_dag: Path) -> None:
 
 
 def test_train_log_and_completion_samples(tiny_dag: Path) -> None:
-    run_dir = tiny_dag / "results" / "runs" / RUN
+    run_dir = tiny_dag / RUN_DIR
     log = read_jsonl(run_dir / "train_log.jsonl")
     logged = [row["step"] for row in log if "reward" in row]
     assert logged and max(logged) == CFG["runs"][RUN]["grpo"]["max_steps"]
@@ -59,9 +63,9 @@ def test_train_log_and_completion_samples(tiny_dag: Path) -> None:
 
 
 def test_samples_and_scores_for_every_step(tiny_dag: Path) -> None:
-    run_dir = tiny_dag / "results" / "runs" / RUN
     n = CFG["dataset"]["eval_size"] * CFG["sampling"]["k"]
     for step in STEPS:
+        run_dir = tiny_dag / (BASE_DIR if step == 0 else RUN_DIR)
         rows = read_jsonl(run_dir / "samples" / f"step-{step}.jsonl")
         assert len(rows) == n
         assert {r["step"] for r in rows} == {step}
@@ -74,7 +78,13 @@ def test_summary_has_a_row_per_step(tiny_dag: Path) -> None:
     summary = pd.read_csv(tiny_dag / "results" / "summary.tsv", sep="\t")
     assert list(summary["step"]) == STEPS
     assert set(summary["run"]) == {RUN}
-    assert summary.drop(columns=["run"]).notna().all().all()
+    assert summary["seed"].isna().tolist() == [True] + [False] * (len(STEPS) - 1)  # 0: base
+    assert set(summary["seed"].dropna()) == {SEED}
+    assert summary.drop(columns=["run", "seed"]).notna().all().all()
+    across = pd.read_csv(tiny_dag / "results" / "summary_across_seeds.tsv", sep="\t")
+    assert list(across["step"]) == STEPS and set(across["n_seeds"]) == {1}
+    assert list(across["success_mean"]) == pytest.approx(list(summary["success_rate"]))
+    assert across["success_t_lo"].isna().all()  # one seed: no interval across seeds
 
 
 def test_report_written(tiny_dag: Path) -> None:

@@ -12,12 +12,16 @@ from aha.metrics import (
     NO_PATTERN,
     Z95,
     length_by_outcome,
+    mean_t_interval,
     numbers_ok_share,
     pass_at_k,
     pass_at_k_curve,
+    pooled_wilson,
     success_by_pattern,
     success_by_size,
     summarize,
+    t_cdf,
+    t_quantile,
     wilson_interval,
 )
 
@@ -179,6 +183,59 @@ def test_success_by_pattern_groups_null_pattern() -> None:
     assert list(out) == ["*-", NO_PATTERN]
     assert out[NO_PATTERN]["n"] == 2 and out[NO_PATTERN]["success_rate"] == 0.5
     assert (out["*-"]["success_lo"], out["*-"]["success_hi"]) == wilson_interval(1, 1)
+
+
+# ----------------------------------------------------------------------------- across seeds
+
+
+@pytest.mark.parametrize("q", [0.6, 0.9, 0.975, 0.995])
+def test_t_quantile_matches_closed_forms(q: float) -> None:
+    """df 1 is Cauchy: tan(pi (q - 1/2)); df 2: (2q - 1) / sqrt(2 q (1 - q))."""
+    assert t_quantile(q, 1) == pytest.approx(math.tan(math.pi * (q - 0.5)), rel=1e-10)
+    assert t_quantile(q, 2) == pytest.approx((2 * q - 1) / math.sqrt(2 * q * (1 - q)), rel=1e-10)
+    assert t_quantile(1 - q, 2) == pytest.approx(-t_quantile(q, 2), rel=1e-12)
+
+
+def test_t_quantile_table_values_and_normal_limit() -> None:
+    # two-sided 95% critical values of Student's t (any statistics table)
+    table = {
+        3: 3.182446305284263,
+        5: 2.570581835636314,
+        10: 2.228138851986274,
+        30: 2.04227245630124,
+    }
+    for df, value in table.items():
+        assert t_quantile(0.975, df) == pytest.approx(value, rel=1e-9), df
+        assert t_cdf(value, df) == pytest.approx(0.975, abs=1e-12)
+    assert t_quantile(0.975, 100_000) == pytest.approx(Z95, rel=1e-4)
+    assert t_cdf(0.0, 7) == 0.5
+
+
+def test_mean_t_interval_of_three_rates_by_hand() -> None:
+    """Rates 10%, 20%, 30%: mean 20%, sd 10%, half-width t(0.975, 2) x 0.1 / sqrt(3)."""
+    mean, lo, hi = mean_t_interval([0.1, 0.2, 0.3])
+    half = 0.95 / math.sqrt(2 * 0.975 * 0.025) * 0.1 / math.sqrt(3)  # 4.302652729749464 x ...
+    assert half == pytest.approx(0.24841377117503, rel=1e-12)
+    assert (mean, lo, hi) == pytest.approx((0.2, 0.2 - half, 0.2 + half), rel=1e-10)
+    assert mean_t_interval([0.3, 0.3, 0.3]) == pytest.approx((0.3, 0.3, 0.3))  # no spread
+
+
+def test_mean_t_interval_of_one_seed_has_no_interval() -> None:
+    mean, lo, hi = mean_t_interval([0.25])
+    assert mean == 0.25 and math.isnan(lo) and math.isnan(hi)
+    with pytest.raises(ValueError, match="no values"):
+        mean_t_interval([])
+
+
+def test_pooled_wilson_is_wilson_of_the_summed_counts() -> None:
+    rate, lo, hi = pooled_wilson([(12, 24), (7, 24), (5, 24)])
+    assert rate == 24 / 72
+    assert (lo, hi) == wilson_interval(24, 72)
+    assert pooled_wilson([(3, 9)])[1:] == wilson_interval(3, 9)
+    with pytest.raises(ValueError, match="n = 0"):
+        pooled_wilson([])
+    with pytest.raises(ValueError, match="successes must be >= 0"):
+        pooled_wilson([(-1, 4)])
 
 
 def _flags(pid: int, flags: list[float], **kw) -> list[dict]:

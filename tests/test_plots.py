@@ -22,14 +22,20 @@ FILES = {
 }
 
 
-def run_plots(results: Path, runs: dict, out: Path, report_cfg: dict | None = None) -> None:
+def run_plots(
+    results: Path,
+    runs: dict,
+    out: Path,
+    report_cfg: dict | None = None,
+    seeds: dict | None = None,
+) -> None:
     """The stage as rule plots runs it: every input and output path given."""
     outputs = [arg for name, f in FILES.items() for arg in (f"--{name}", str(out / f))]
     plots.cli(
         [
             "--summary", str(results / "summary.tsv"),
             "--by-pattern", str(results / "summary_by_pattern.tsv"),
-            *train_log_args(results, runs),
+            *train_log_args(results, runs, seeds),
             "--runs", json.dumps(runs),
             "--report", json.dumps(report_cfg or {"seed_reference": True}),
             *outputs,
@@ -65,7 +71,7 @@ def test_every_figure_written_and_compares_runs(sweep: Path) -> None:
         text = svg_text(sweep / name)
         assert "qwen-a" in text and "tiny-b" in text, name  # hue = run: both in every legend
     success = svg_text(sweep / "success.svg")
-    assert "Success rate on held-out prompts (95% interval)" in success
+    assert "Success rate on held-out prompts (mean over seeds, 95% interval)" in success
     assert "pass@4" in success
     assert "qwen-a step 0 (base model)" in success and "tiny-b step 0 (base model)" in success
     assert plots.SEED_LABEL in success  # a Qwen Hub run and seed_reference on
@@ -136,7 +142,7 @@ def test_train_log_of_an_unknown_run_refused(
 ) -> None:
     """A log the rule passes for a run --runs lacks would be silently left off: refused."""
     outputs = [arg for name in FILES for arg in (f"--{name}", str(tmp_path / name))]
-    argv = ["--summary", "s", "--runs", '{"a": {"steps": [0]}}', "--train-log", "b", "p"]
+    argv = ["--summary", "s", "--runs", '{"a": {"steps": [0]}}', "--train-log", "b", "42", "p"]
     with pytest.raises(SystemExit):
         plots.cli([*argv, *outputs], prog="plots")
     assert "--train-log b: not a run of --runs (have: a)" in capsys.readouterr().err
@@ -175,3 +181,42 @@ def test_share_axis_fits_small_rates_and_keeps_seed_stars_in_view() -> None:
     plots.fit_share_axis(ax)
     assert ax.get_ylim()[1] == pytest.approx(1.02)
     plt.close(fig)
+
+
+REPLICATES = {
+    run: {**spec, "seeds": [42, 43, 44]} for run, spec in SWEEP.items()
+}  # the sweep with three seeds per run (seed i scores i more successes)
+
+
+def test_success_figure_with_three_seeds(tmp_path: Path) -> None:
+    """Three seeds: a thin line per seed from the shared step 0, the mean over seeds in its t
+    band, the baseline; the legend counts the seeds. One seed says "1 seed"."""
+    runs = write_results(tmp_path, REPLICATES)
+    seeds = {run: spec["seeds"] for run, spec in REPLICATES.items()}
+    run_plots(tmp_path, runs, tmp_path / "plots", seeds=seeds)
+    text = svg_text(tmp_path / "plots" / "success.svg")
+    assert "qwen-a (3 seeds)" in text and "tiny-b (3 seeds)" in text
+    assert "qwen-a step 0 (base model)" in text
+    assert "training.svg" in {p.name for p in (tmp_path / "plots").iterdir()}
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    summary = pd.read_csv(tmp_path / "summary.tsv", sep="\t", na_values=["NA"])
+    fig, ax = matplotlib.pyplot.subplots()
+    assert plots.success_panel(
+        ax, summary, ["qwen-a", "tiny-b"], plots.palette(["qwen-a", "tiny-b"]), [0, 2, 4]
+    )
+    # per run: 3 thin seed lines from step 0 + 1 mean line; a dotted baseline each
+    lines = [ln for ln in ax.get_lines() if ln.get_linestyle() != ":"]
+    assert len(lines) == 2 * (3 + 1)
+    seed_line = lines[0]
+    assert list(seed_line.get_xdata()) == [0, 2, 4]  # starts at the shared baseline
+    assert list(seed_line.get_ydata()) == [2 / 24, 6 / 24, 12 / 24]
+    mean_line = lines[3]
+    assert list(mean_line.get_ydata()) == pytest.approx([2 / 24, 7 / 24, 13 / 24])
+    matplotlib.pyplot.close(fig)
+
+
+def test_success_figure_with_one_seed_names_it(sweep: Path) -> None:
+    assert "qwen-a (1 seed)" in svg_text(sweep / "success.svg")

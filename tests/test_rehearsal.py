@@ -30,8 +30,17 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+SEED = 42  # config/config.yaml's seed: each run's one replicate, results/runs/RUN/seed-42
+
+
 def run_dir(workdir: Path, run: str) -> Path:
-    return workdir / "results" / "runs" / run
+    return workdir / "results" / "runs" / run / f"seed-{SEED}"
+
+
+def samples_file(workdir: Path, run: str, step: int) -> Path:
+    """A trained step's samples (the replicate's), or step 0's (the run's base/)."""
+    folder = run_dir(workdir, run) if step else workdir / "results" / "runs" / run / "base"
+    return folder / "samples" / f"step-{step}.jsonl"
 
 
 def test_the_overlay_keeps_the_seed_runs_modes_and_grpo_keys() -> None:
@@ -77,16 +86,16 @@ def test_colocated_vllm_syncs_weights_and_the_server_run_goes_through_the_wrappe
 ) -> None:
     workdir, _ = rehearsal_dag
     logs = workdir / "logs" / "train"
-    colocate = (logs / "qwen-zero3-colocate.log").read_text()
+    colocate = (logs / f"qwen-zero3-colocate-seed{SEED}.log").read_text()
     assert "colocated engine can reload them" in colocate  # aha.cpu_rehearsal, before vLLM starts
-    server_run = (logs / "qwen-zero3.log").read_text()
+    server_run = (logs / f"qwen-zero3-seed{SEED}.log").read_text()
     assert "server healthy at http://127.0.0.1:8000/health" in server_run
     assert "init_communicator skipped (NCCL only)" in server_run
     # the server outlives the training command, then is stopped
     assert server_run.index("training command exited with status 0") < server_run.index(
         "stopping the vLLM server"
     )
-    server_log = (logs / "qwen-zero3.vllm-server.log").read_text()
+    server_log = (logs / f"qwen-zero3-seed{SEED}.vllm-server.log").read_text()
     assert "vllm serve results/models/tiny" in server_log
     assert "POST /v1/completions" in server_log or "/inference/v1/generate" in server_log, (
         "the trainer generated nothing through the server"
@@ -110,9 +119,10 @@ def test_every_step_is_sampled_by_vllm_scored_and_reported(rehearsal_dag) -> Non
     workdir, output = rehearsal_dag
     for run in RUNS:
         for step in STEPS:
-            rows = read_jsonl(run_dir(workdir, run) / "samples" / f"step-{step}.jsonl")
+            rows = read_jsonl(samples_file(workdir, run, step))
             assert len(rows) == N_SAMPLES and {r["step"] for r in rows} == {step}
-            log = (workdir / "logs" / "sample" / f"{run}-{step}.log").read_text()
+            name = f"{run}-seed{SEED}-{step}" if step else f"{run}-base-0"
+            log = (workdir / "logs" / "sample" / f"{name}.log").read_text()
             assert "backend vllm" in log
     summary = pd.read_csv(workdir / "results" / "summary.tsv", sep="\t")
     assert sorted(zip(summary["run"], summary["step"], strict=True)) == sorted(
@@ -142,7 +152,7 @@ def test_checkpoints_also_sample_with_transformers(rehearsal_dag, tmp_path: Path
             "aha",
             "sample",
             "--model",
-            f"results/runs/{run}/checkpoints/step-4.json",
+            f"results/runs/{run}/seed-{SEED}/checkpoints/step-4.json",
         ]
         cmd += ["--eval", "results/data/eval.parquet", "--sampling", sampling, "--backend", "hf"]
         cmd += ["--device", "cpu", "--run", run, "--step", "4", "--out", str(out)]
@@ -162,7 +172,7 @@ import json, sys
 from aha.sample import load_hf, resolve_model
 quant = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
 out = {}
-for step, model in (("0", "results/models/tiny"), ("4", "results/runs/qwen-qlora/checkpoints/step-4.json")):
+for step, model in (("0", "results/models/tiny"), ("4", "results/runs/qwen-qlora/seed-42/checkpoints/step-4.json")):
     m, _ = load_hf(resolve_model(model), quant, "cpu")
     kinds = {type(x).__name__ for x in m.modules()}
     out[step] = sorted(k for k in kinds if k in ("Linear4bit", "Linear", "LoraModel", "PeftModelForCausalLM"))
@@ -176,7 +186,8 @@ print(json.dumps(out))
     assert "Linear4bit" in kinds["4"] and "PeftModelForCausalLM" in kinds["4"]
     # the DAG passed the run's quantization at step 0 too (vLLM's CPU build then says it has none)
     for step in STEPS:
-        log = (workdir / "logs" / "sample" / f"qwen-qlora-{step}.log").read_text()
+        name = f"qwen-qlora-seed{SEED}-{step}" if step else "qwen-qlora-base-0"
+        log = (workdir / "logs" / "sample" / f"{name}.log").read_text()
         assert "vLLM's CPU build has no bitsandbytes" in log
 
 

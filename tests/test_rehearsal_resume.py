@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 # Long enough that the signal lands mid-run however fast a step is (qlora ≈ 0.5 s a step on two
 # cores, colocate ≈ 2 s, server ≈ 10 s: its two ranks generate over HTTP), short enough to resume.
 MAX_STEPS = {"qwen-qlora": 24, "qwen-zero3-colocate": 12, "qwen-zero3": 8}
+SEED = 42  # config/config.yaml's seed: the run's one replicate, results/runs/RUN/seed-42
 
 
 def configs(tmp_path: Path, run: str) -> list[Path]:
@@ -65,7 +66,8 @@ def start(tmp_path: Path, run: str) -> tuple[list[Path], subprocess.Popen, Path]
     snakemake(tmp_path, "--cores", "2", "results/models/tiny", "results/data/train.parquet",
               configfile=files, python=python)  # fmt: skip
     cmd = [str(python), "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path)]
-    cmd += ["--configfile", *map(str, files), "--cores", "2", f"results/runs/{run}/checkpoints"]
+    target = f"results/runs/{run}/seed-{SEED}/checkpoints"
+    cmd += ["--configfile", *map(str, files), "--cores", "2", target]
     proc = subprocess.Popen(
         cmd,
         cwd=tmp_path,
@@ -74,7 +76,7 @@ def start(tmp_path: Path, run: str) -> tuple[list[Path], subprocess.Popen, Path]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return files, proc, tmp_path / "results" / "runs" / run / "trainer"
+    return files, proc, tmp_path / "results" / "runs" / run / f"seed-{SEED}" / "trainer"
 
 
 def wait_for_checkpoint(proc: subprocess.Popen, trainer: Path, step: int) -> None:
@@ -93,14 +95,14 @@ def signal_all(pids: set[int], signum: int) -> None:
 
 def rerun_and_check(tmp_path: Path, files: list[Path], run: str, interrupted_at: int) -> None:
     """The rerun resumes from `interrupted_at` and ends with every checkpoint, logged once."""
-    run_dir = tmp_path / "results" / "runs" / run
+    run_dir = tmp_path / "results" / "runs" / run / f"seed-{SEED}"
     step2 = run_dir / "weights" / "step-2"
     step2_mtime = step2.stat().st_mtime
     python = rehearsal_python()
     snakemake(tmp_path, "--unlock", configfile=files, python=python)
     snakemake(tmp_path, "--cores", "2", f"{run_dir.relative_to(tmp_path)}/checkpoints",
               configfile=files, python=python)  # fmt: skip
-    log = (tmp_path / "logs" / "train" / f"{run}.log").read_text()
+    log = (tmp_path / "logs" / "train" / f"{run}-seed{SEED}.log").read_text()
     max_steps = MAX_STEPS[run]
     assert f"checkpoint-{interrupted_at} (step {interrupted_at} of {max_steps})" in log, log[-3000:]
     state = json.loads(
@@ -156,7 +158,7 @@ def test_preempted_server_run_saves_through_the_live_server_and_resumes(tmp_path
     time.sleep(1)
     assert not {pid for pid in tree if alive(pid)}, "processes of the preempted job survived"
     saved = newest_complete(trainer)
-    log = (tmp_path / "logs" / "train" / f"{run}.log").read_text()
+    log = (tmp_path / "logs" / "train" / f"{run}-seed{SEED}.log").read_text()
     assert before < saved < MAX_STEPS[run], f"no checkpoint saved on SIGTERM:\n{log[-6000:]}"
     assert "SIGTERM received: saving a checkpoint" in log
     # the trainer exited (after its save) before the server was stopped

@@ -89,29 +89,44 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_results(results: Path, spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Write runs/, summary.tsv and summary_by_pattern.tsv; returns the --runs mapping.
+    """Write runs/, summary.tsv, summary_by_pattern.tsv and summary_across_seeds.tsv in the
+    workflow's layout; returns the --runs mapping.
 
     spec: {run: {"model": {...}, "steps": [...], "successes": {step: n} (scored steps),
-    "empty": [steps with an empty samples file], "log": "kl" | "nokl" | "empty" | None}}.
+    "empty": [steps with an empty samples file], "log": "kl" | "nokl" | "empty" | None,
+    "seeds": [...] (default [42])}}. Step 0 is the run's one baseline (base/); every other
+    step is scored once per seed (seed-S/), seed number i with n + i successes.
     """
     records = []
     for run, s in spec.items():
-        run_dir = results / "runs" / run
+        seeds = s.get("seeds", [42])
         for step, wins in s["successes"].items():
-            samples = synthetic_samples(run, step, wins)
-            write_jsonl(run_dir / "samples" / f"step-{step}.jsonl", samples)
-            records.append(json.loads(json.dumps(score.score(samples, run, step))))
+            for i, seed in enumerate([None] if step == 0 else seeds):
+                samples = synthetic_samples(run, step, wins + i)
+                write_jsonl(sample_path(results, run, step, seed), samples)
+                records.append(json.loads(json.dumps(score.score(samples, run, step, seed))))
         for step in s.get("empty", []):
-            write_jsonl(run_dir / "samples" / f"step-{step}.jsonl", [])
+            for seed in [None] if step == 0 else seeds:
+                write_jsonl(sample_path(results, run, step, seed), [])
         log = s.get("log", "nokl")
-        if log in {"kl", "nokl"}:
-            write_jsonl(run_dir / "train_log.jsonl", train_log(max(s["steps"]), kl=log == "kl"))
-        elif log == "empty":
-            write_jsonl(run_dir / "train_log.jsonl", [])
+        for seed in seeds:
+            path = results / "runs" / run / f"seed-{seed}" / "train_log.jsonl"
+            if log in {"kl", "nokl"}:
+                write_jsonl(path, train_log(max(s["steps"]), kl=log == "kl"))
+            elif log == "empty":
+                write_jsonl(path, [])
     summary, by_pattern = aggregate.aggregate(records)
     summary.to_csv(results / "summary.tsv", sep="\t", index=False, na_rep="NA")
     by_pattern.to_csv(results / "summary_by_pattern.tsv", sep="\t", index=False, na_rep="NA")
+    across = aggregate.across_seeds(summary)
+    across.to_csv(results / "summary_across_seeds.tsv", sep="\t", index=False, na_rep="NA")
     return {run: {"steps": s["steps"], "model": s["model"]} for run, s in spec.items()}
+
+
+def sample_path(results: Path, run: str, step: int, seed: int | None) -> Path:
+    """Where rule sample (a seed's checkpoint) or sample_base (step 0) writes its samples."""
+    folder = "base" if seed is None else f"seed-{seed}"
+    return results / "runs" / run / folder / "samples" / f"step-{step}.jsonl"
 
 
 SWEEP = {
@@ -132,17 +147,24 @@ PARTIAL = {
 }
 
 
-def train_log_args(results: Path, runs: dict) -> list[str]:
-    """`--train-log RUN PATH` per run, the paths rule train writes (as report.smk passes)."""
-    logs = [(run, results / "runs" / run / "train_log.jsonl") for run in runs]
+def train_log_args(results: Path, runs: dict, seeds: dict | None = None) -> list[str]:
+    """`--train-log RUN SEED PATH` per replicate, the paths rule train writes (as report.smk
+    passes them); `seeds`: {run: [seeds]}, default [42] each."""
+    logs = [
+        (run, seed, results / "runs" / run / f"seed-{seed}" / "train_log.jsonl")
+        for run in runs
+        for seed in (seeds or {}).get(run, [42])
+    ]
     return shlex.split(report_inputs.repeated("--train-log", logs))
 
 
-def samples_args(results: Path, runs: dict) -> list[str]:
-    """`--samples RUN STEP PATH` per configured step, the paths rule sample writes."""
+def samples_args(results: Path, runs: dict, seeds: dict | None = None) -> list[str]:
+    """`--samples RUN STEP PATH` per configured step, as report.smk passes them: step 0 from
+    the run's baseline, every other step from its first seed."""
     files = [
-        (run, step, results / "runs" / run / "samples" / f"step-{step}.jsonl")
+        (run, step, sample_path(results, run, step, None if step == 0 else first))
         for run, spec in runs.items()
+        for first in [(seeds or {}).get(run, [42])[0]]
         for step in spec["steps"]
     ]
     return shlex.split(report_inputs.repeated("--samples", files))
@@ -205,16 +227,22 @@ def test_repeated_paths_round_trip_and_refuse_strays() -> None:
     import argparse
 
     runs = report_inputs.parse_runs('{"a b": {"steps": [0, 2]}, "c": {"steps": [0]}}')
-    pairs = [("a b", "results/runs/a b/train_log.jsonl"), ("c", "results/runs/c/train_log.jsonl")]
+    logs = [("a b", 42, "results/runs/a b/seed-42/train_log.jsonl"), ("a b", 7, "l'7.jsonl")]
     triples = [("a b", 0, "s-0.jsonl"), ("a b", 2, "s'2.jsonl"), ("c", 0, "s.jsonl")]
     parser = argparse.ArgumentParser()
-    parser.add_argument("--train-log", nargs=2, action="append")
+    parser.add_argument("--train-log", nargs=3, action="append")
+    parser.add_argument("--examples-page", nargs=2, action="append")
     parser.add_argument("--samples", nargs=3, action="append")
-    command = report_inputs.repeated("--train-log", pairs) + " "
+    pages = [("a b", "results/tables/examples-a b.html"), ("c", "e.html")]
+    command = report_inputs.repeated("--train-log", logs) + " "
+    command += report_inputs.repeated("--examples-page", pages) + " "
     command += report_inputs.repeated("--samples", triples)
     args = parser.parse_args(shlex.split(command))
-    logs = report_inputs.paths_by_run("--train-log", args.train_log, runs)
-    assert logs == {run: Path(p) for run, p in pairs}
+    by_seed = report_inputs.paths_by_run_step("--train-log", args.train_log, runs, "seed")
+    assert by_seed == {"a b": {42: Path(logs[0][2]), 7: Path("l'7.jsonl")}}
+    assert report_inputs.paths_by_run("--examples-page", args.examples_page, runs) == {
+        run: Path(p) for run, p in pages
+    }
     samples = report_inputs.paths_by_run_step("--samples", args.samples, runs)
     assert samples == {
         "a b": {0: Path("s-0.jsonl"), 2: Path("s'2.jsonl")},
@@ -226,8 +254,10 @@ def test_repeated_paths_round_trip_and_refuse_strays() -> None:
         report_inputs.paths_by_run("--train-log", [["c", "p"], ["c", "q"]], runs)
     with pytest.raises(ValueError, match="--samples c 0: given twice"):
         report_inputs.paths_by_run_step("--samples", [["c", "0", "p"], ["c", "0", "q"]], runs)
-    with pytest.raises(ValueError, match="not an integer"):
+    with pytest.raises(ValueError, match="the step is not an integer"):
         report_inputs.paths_by_run_step("--samples", [["c", "last", "p"]], runs)
+    with pytest.raises(ValueError, match="--train-log c x: the seed is not an integer"):
+        report_inputs.paths_by_run_step("--train-log", [["c", "x", "p"]], runs, "seed")
 
 
 def test_missing_steps_and_run_order() -> None:

@@ -18,13 +18,14 @@ from tests.conftest import SNAKEFILE, TINY_TEST_CONFIG, snakemake
 
 pytestmark = pytest.mark.slow
 RUN = "resume"
+SEED = 11  # the run's one replicate (grpo.seed): results/runs/RUN/seed-SEED
 MAX_STEPS = 40  # long enough that the kill lands mid-run however fast a step is
 
 
 def config(tmp_path: Path) -> Path:
     cfg = yaml.safe_load(TINY_TEST_CONFIG.read_text())
     grpo = next(iter(cfg["runs"].values()))["grpo"]
-    grpo.update(max_steps=MAX_STEPS, save_steps=2, logging_steps=1)
+    grpo.update(max_steps=MAX_STEPS, save_steps=2, logging_steps=1, seed=SEED)
     cfg["runs"] = {RUN: {"mode": "cpu", "grpo": grpo}}
     cfg["checkpoints"] = [3, MAX_STEPS]
     path = tmp_path / "resume.yaml"
@@ -39,7 +40,7 @@ def newest_checkpoint(trainer: Path) -> int:
 
 def test_killed_training_resumes_from_newest_checkpoint(tmp_path: Path) -> None:
     cfgfile = config(tmp_path)
-    target = f"results/runs/{RUN}/checkpoints"
+    target = f"results/runs/{RUN}/seed-{SEED}/checkpoints"
     snakemake(tmp_path, "--cores", "2", "results/models/tiny", configfile=cfgfile)
 
     cmd = [
@@ -65,7 +66,7 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path: Path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    trainer = tmp_path / "results" / "runs" / RUN / "trainer"
+    trainer = tmp_path / "results" / "runs" / RUN / f"seed-{SEED}" / "trainer"
     deadline = time.monotonic() + 600
     try:
         while newest_checkpoint(trainer) < 4:
@@ -80,14 +81,14 @@ def test_killed_training_resumes_from_newest_checkpoint(tmp_path: Path) -> None:
         proc.wait()
     killed_at = newest_checkpoint(trainer)
     assert killed_at < MAX_STEPS
-    step3 = tmp_path / "results" / "runs" / RUN / "weights" / "step-3"
+    step3 = tmp_path / "results" / "runs" / RUN / f"seed-{SEED}" / "weights" / "step-3"
     step3_mtime = step3.stat().st_mtime
 
     snakemake(tmp_path, "--unlock", configfile=cfgfile)
     snakemake(tmp_path, "--cores", "2", target, configfile=cfgfile)
 
-    run_dir = tmp_path / "results" / "runs" / RUN
-    train_log = (tmp_path / "logs" / "train" / f"{RUN}.log").read_text()
+    run_dir = tmp_path / "results" / "runs" / RUN / f"seed-{SEED}"
+    train_log = (tmp_path / "logs" / "train" / f"{RUN}-seed{SEED}.log").read_text()
     assert "resum" in train_log.lower(), train_log[-3000:]
     state = json.loads((trainer / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
     assert state["global_step"] == MAX_STEPS

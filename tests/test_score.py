@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import pandas as pd
 import pytest
 
 from aha.__main__ import main
-from aha.aggregate import BY_PATTERN_COLUMNS
+from aha.aggregate import ACROSS_SEEDS_COLUMNS, BY_PATTERN_COLUMNS
+from aha.metrics import wilson_interval
 from aha.score import SUMMARY_COLUMNS
 
 # (prompt, equation reward, format reward, tokens, truncated, text); k = 3 samples per prompt.
@@ -65,20 +67,27 @@ def _write_samples(path: Path, rows=ROWS, run: str = "tiny-cpu", step: int = 50)
 
 
 def _score(samples: Path, out: Path, run: str | None = None, step: int | None = None) -> dict:
-    """Score as the rule does, which passes its {run} and {step} wildcards: by default those
-    of a samples path .../runs/RUN/samples/step-N.jsonl."""
-    run = run or samples.parent.parent.name
+    """Score as the rules do, which pass their {run}, {step} and {seed} wildcards: by default
+    those of a samples path .../runs/RUN/seed-S/samples/step-N.jsonl (rule score) or
+    .../runs/RUN/base/samples/step-0.jsonl (rule score_base: no seed)."""
+    folder = samples.parent.parent
+    run = run or folder.parent.name
     step = int(samples.stem.removeprefix("step-")) if step is None else step
-    main(["score", "--samples", str(samples), "--out", str(out), "--run", run, "--step", str(step)])
+    seed = ["--seed", folder.name.removeprefix("seed-")] if folder.name.startswith("seed-") else []
+    argv = ["--samples", str(samples), "--out", str(out), "--run", run, "--step", str(step)]
+    main(["score", *argv, *seed])
     return json.loads(out.read_text())
 
 
 def test_score_every_field_by_hand(tmp_path: Path) -> None:
-    samples = _write_samples(tmp_path / "runs" / "tiny-cpu" / "samples" / "step-50.jsonl")
+    samples = _write_samples(
+        tmp_path / "runs" / "tiny-cpu" / "seed-42" / "samples" / "step-50.jsonl"
+    )
     got = _score(samples, tmp_path / "scores" / "step-50.json")
     assert list(got) == [*SUMMARY_COLUMNS, "success_by_pattern"]
     expected = {
         "run": "tiny-cpu",
+        "seed": 42,
         "step": 50,
         "n_prompts": 3,
         "n_completions": 9,
@@ -132,7 +141,9 @@ def test_score_every_field_by_hand(tmp_path: Path) -> None:
 
 
 def test_score_empty_file_gives_nulls(tmp_path: Path) -> None:
-    samples = _write_samples(tmp_path / "runs" / "r1" / "samples" / "step-0.jsonl", rows=[])
+    samples = _write_samples(
+        tmp_path / "runs" / "r1" / "base" / "samples" / "step-0.jsonl", rows=[]
+    )
     got = _score(samples, tmp_path / "out.json")
     assert got["run"] == "r1" and got["step"] == 0  # the rule's wildcards
     assert got["n_completions"] == 0 and got["n_prompts"] == 0
@@ -165,12 +176,15 @@ def test_score_refuses_incomplete_lines(tmp_path: Path) -> None:
 
 
 def test_aggregate_sorts_rows_and_keeps_exact_columns(tmp_path: Path) -> None:
-    full = _write_samples(tmp_path / "runs" / "tiny-cpu" / "samples" / "step-50.jsonl")
+    full = _write_samples(tmp_path / "runs" / "tiny-cpu" / "seed-42" / "samples" / "step-50.jsonl")
     base = _write_samples(
-        tmp_path / "runs" / "tiny-cpu" / "samples" / "step-0.jsonl", rows=ROWS[:3], step=0
+        tmp_path / "runs" / "tiny-cpu" / "base" / "samples" / "step-0.jsonl", rows=ROWS[:3], step=0
     )
     empty = _write_samples(
-        tmp_path / "runs" / "a-run" / "samples" / "step-100.jsonl", rows=[], run="a-run", step=100
+        tmp_path / "runs" / "a-run" / "seed-42" / "samples" / "step-100.jsonl",
+        rows=[],
+        run="a-run",
+        step=100,
     )
     scores = []
     for i, samples in enumerate([full, base, empty]):
@@ -188,9 +202,9 @@ def test_aggregate_sorts_rows_and_keeps_exact_columns(tmp_path: Path) -> None:
         ("tiny-cpu", 50),
     ]
     # integer columns stay integers; an empty checkpoint shows NA, not 0
-    assert lines[1].split("\t")[:5] == ["a-run", "100", "0", "0", "NA"]
+    assert lines[1].split("\t")[:6] == ["a-run", "42", "100", "0", "0", "NA"]
     assert table.loc[0, ["success_rate", "verify_share"]].isna().all()
-    assert lines[2].split("\t")[:5] == ["tiny-cpu", "0", "1", "3", "3"]
+    assert lines[2].split("\t")[:6] == ["tiny-cpu", "NA", "0", "1", "3", "3"]  # the baseline
     assert table.loc[1, "success_rate"] == pytest.approx(1 / 3)
     assert table.loc[1, "candidates_mean"] == pytest.approx(3 / 3)  # A 2, B 1, "" 0
     assert table.loc[2, "success_rate"] == pytest.approx(1 / 3)
@@ -207,7 +221,9 @@ def test_aggregate_sorts_rows_and_keeps_exact_columns(tmp_path: Path) -> None:
 
 
 def test_aggregate_refuses_duplicate_run_step(tmp_path: Path) -> None:
-    samples = _write_samples(tmp_path / "runs" / "r" / "samples" / "step-0.jsonl", step=0, run="r")
+    samples = _write_samples(
+        tmp_path / "runs" / "r" / "base" / "samples" / "step-0.jsonl", step=0, run="r"
+    )
     _score(samples, tmp_path / "a.json")
     _score(samples, tmp_path / "b.json")
     args = ["aggregate", "--scores", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
@@ -218,8 +234,8 @@ def test_aggregate_refuses_duplicate_run_step(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("stage", "flags"),
     [
-        ("score", ["--samples", "--out", "--run", "--step"]),
-        ("aggregate", ["--scores", "--out", "--by-pattern-out"]),
+        ("score", ["--samples", "--out", "--run", "--step", "--seed"]),
+        ("aggregate", ["--scores", "--out", "--by-pattern-out", "--across-seeds-out"]),
     ],
 )
 def test_help_documents_arguments(
@@ -240,3 +256,58 @@ def test_scoring_imports_no_torch_or_pandas() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_aggregate_seeds_and_across_seeds_by_hand(tmp_path: Path) -> None:
+    """Three seeds of run r at step 50 (3, 2 and 1 successes of 9) and the shared baseline:
+    summary rows per seed (baseline seed NA, first), the across-seeds table per step."""
+    scores = []
+    base = _write_samples(
+        tmp_path / "runs" / "r" / "base" / "samples" / "step-0.jsonl", step=0, run="r"
+    )
+    _score(base, tmp_path / "b.json")
+    scores.append(str(tmp_path / "b.json"))
+    for seed, wins in ((44, 1), (42, 3), (43, 2)):
+        rows = [(i // 3, 1.0 if i < wins else 0.0, 1.0, 10, False, "x") for i in range(9)]
+        path = tmp_path / "runs" / "r" / f"seed-{seed}" / "samples" / "step-50.jsonl"
+        _score(_write_samples(path, rows=rows, run="r"), tmp_path / f"{seed}.json", run="r")
+        scores.append(str(tmp_path / f"{seed}.json"))
+    out, across = tmp_path / "summary.tsv", tmp_path / "across.tsv"
+    main(["aggregate", "--scores", *scores, "--out", str(out), "--across-seeds-out", str(across)])
+    table = pd.read_csv(out, sep="\t", keep_default_na=False)
+    assert list(zip(table["seed"], table["step"], strict=True)) == [
+        ("NA", 0),
+        ("42", 50),
+        ("43", 50),
+        ("44", 50),
+    ]
+    got = pd.read_csv(across, sep="\t", keep_default_na=False)
+    assert list(got.columns) == list(ACROSS_SEEDS_COLUMNS)
+    b, s = got.iloc[0], got.iloc[1]
+    assert (b["step"], b["seeds"], b["n_seeds"], b["success_t_lo"]) == (0, "base", 1, "NA")
+    assert b["success_mean"] == pytest.approx(3 / 9)
+    assert (b["success_pooled_lo"], b["success_pooled_hi"]) == pytest.approx(wilson_interval(3, 9))
+    assert (s["step"], s["seeds"], s["n_seeds"]) == (50, "42,43,44", 3)
+    # rates 3/9, 2/9, 1/9: mean 2/9, sd 1/9; t(0.975, 2) = 0.95 / sqrt(2 x 0.975 x 0.025)
+    half = 0.95 / math.sqrt(2 * 0.975 * 0.025) * (1 / 9) / math.sqrt(3)
+    assert float(s["success_mean"]) == pytest.approx(2 / 9)
+    assert float(s["success_t_lo"]) == pytest.approx(2 / 9 - half)
+    assert float(s["success_t_hi"]) == pytest.approx(2 / 9 + half)
+    assert (s["n_completions"], s["successes"]) == (27, 6)
+    assert float(s["success_pooled"]) == pytest.approx(6 / 27)
+    pooled = (float(s["success_pooled_lo"]), float(s["success_pooled_hi"]))
+    assert pooled == pytest.approx(wilson_interval(6, 27))
+
+
+def test_aggregate_refuses_duplicate_run_seed_step_but_not_other_seeds(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "r" / "seed-1" / "samples" / "step-50.jsonl"
+    samples = _write_samples(path, run="r")
+    _score(samples, tmp_path / "a.json")
+    _score(samples, tmp_path / "b.json")
+    args = ["aggregate", "--scores", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    with pytest.raises(ValueError, match=r"several score files for \(run, seed, step\)"):
+        main([*args, "--out", str(tmp_path / "s.tsv")])
+    record = json.loads((tmp_path / "b.json").read_text())
+    (tmp_path / "b.json").write_text(json.dumps({**record, "seed": 2}))
+    main([*args, "--out", str(tmp_path / "s.tsv")])
+    assert len(pd.read_csv(tmp_path / "s.tsv", sep="\t")) == 2

@@ -21,7 +21,7 @@ from tests.test_report import (
 )
 
 
-def run_tables(results: Path, runs: dict, out: Path, n: int = 2) -> None:
+def run_tables(results: Path, runs: dict, out: Path, n: int = 2, seeds: dict | None = None) -> None:
     """The stage as rule tables runs it: every input and output path given."""
     pages = [
         arg for run in runs for arg in ("--examples-page", run, str(out / f"examples-{run}.html"))
@@ -29,7 +29,7 @@ def run_tables(results: Path, runs: dict, out: Path, n: int = 2) -> None:
     tables.cli(
         [
             "--summary", str(results / "summary.tsv"),
-            *samples_args(results, runs),
+            *samples_args(results, runs, seeds),
             "--runs", json.dumps(runs),
             "--report", json.dumps({"examples_per_checkpoint": n}),
             "--summary-page", str(out / "summary.html"),
@@ -51,8 +51,11 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 def test_summary_table_has_a_row_per_run_and_step(sweep: tuple[Path, dict]) -> None:
     out, runs = sweep
     page = (out / "summary.html").read_text(encoding="utf-8")
-    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td>", page)
-    assert rows == [(run, str(s)) for run in runs for s in runs[run]["steps"]]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td><td>(\d+)</td>", page)
+    base = "base (every seed)"
+    assert rows == [
+        (run, base if s == 0 else "42", str(s)) for run in runs for s in runs[run]["steps"]
+    ]
     # qwen-a step 4: 12 of 24 completions correct; Wilson 95% [31.4%, 68.6%]
     assert "50.0% [31.4%, 68.6%]" in page
     assert 'class="missing"' not in page
@@ -105,7 +108,7 @@ def test_partial_tables_say_what_is_missing(tmp_path: Path) -> None:
     runs = write_results(tmp_path, PARTIAL)
     run_tables(tmp_path, runs, tmp_path / "tables")
     page = (tmp_path / "tables" / "summary.html").read_text(encoding="utf-8")
-    assert re.findall(r'<tr class="missing"><td>([^<]+)</td><td>(\d+)</td>', page) == [
+    assert re.findall(r'<tr class="missing"><td>([^<]+)</td><td>–</td><td>(\d+)</td>', page) == [
         ("tiny-a", "2"),
         ("tiny-a", "4"),
         ("tiny-b", "0"),
@@ -162,3 +165,19 @@ def test_examples_show_the_answer_the_reward_scored(tmp_path: Path) -> None:
     cell = r'<td class="(ok|fail)">.*?answer: <span class="answer">(.*?)</span>'
     shown = re.findall(cell, page, re.DOTALL)
     assert sorted(shown) == [("fail", "5 + 7"), ("ok", "3 * 5"), ("ok", "5 * 3")]
+
+
+def test_summary_table_with_three_seeds(tmp_path: Path) -> None:
+    """A row per (run, seed, step), grouped by step; step 0 once, as every seed's baseline."""
+    spec = {"tiny-b": {**SWEEP["tiny-b"], "seeds": [42, 43, 44]}}
+    runs = write_results(tmp_path, spec)
+    run_tables(tmp_path, runs, tmp_path / "tables", seeds={"tiny-b": [42, 43, 44]})
+    page = (tmp_path / "tables" / "summary.html").read_text(encoding="utf-8")
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td><td>(\d+)</td>", page)
+    assert rows == [("tiny-b", "base (every seed)", "0")] + [
+        ("tiny-b", seed, step) for step in ("2", "4") for seed in ("42", "43", "44")
+    ]
+    assert "<th>seed</th>" in page
+    # the examples page quotes the first seed (3 successes at step 2), step 0 from the base
+    examples = (tmp_path / "tables" / "examples-tiny-b.html").read_text(encoding="utf-8")
+    assert "3 of 24 completions successful" in examples

@@ -1,25 +1,30 @@
 """Stage `aggregate`: every checkpoint's scores record joined into results/summary.tsv.
 
-One row per (run, step) in the summary, one per (run, step, operator pattern) in the
-by-pattern table; a (run, step) scored twice is refused rather than averaged.
+One row per (run, seed, step) in the summary (seed NA: the run's step-0 baseline, shared by its
+seeds), one per (run, seed, step, operator pattern) in the by-pattern table, and one per (run,
+step) across seeds in results/summary_across_seeds.tsv; a (run, seed, step) scored twice is
+refused rather than averaged.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aha import metrics
 from aha.score import SUMMARY_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
 
-INT_COLUMNS = ("step", "n_prompts", "n_completions", "k")
+INT_COLUMNS = ("seed", "step", "n_prompts", "n_completions", "k")
 BY_PATTERN_COLUMNS = (
     "run",
+    "seed",
     "step",
     "pattern",
     "n",
@@ -31,41 +36,114 @@ BY_PATTERN_COLUMNS = (
 
 
 def aggregate(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary, by_pattern) DataFrames, sorted by run then step; a repeated (run, step) fails."""
+    """(summary, by_pattern) DataFrames, sorted by run, seed (the baseline first), step; a
+    repeated (run, seed, step) fails."""
     import pandas as pd  # only this stage needs it: `score` stays light
 
-    keys = [(r["run"], r["step"]) for r in records]
-    dupes = sorted({k for k in keys if keys.count(k) > 1})
+    keys = [(r["run"], r.get("seed"), r["step"]) for r in records]
+    dupes = sorted({k for k in keys if keys.count(k) > 1}, key=str)
     if dupes:
-        raise ValueError(f"several score files for (run, step): {dupes}")
+        raise ValueError(f"several score files for (run, seed, step): {dupes}")
     summary = pd.DataFrame(
         [{c: r.get(c) for c in SUMMARY_COLUMNS} for r in records], columns=list(SUMMARY_COLUMNS)
     )
     summary = summary.astype({c: "Int64" for c in INT_COLUMNS} | {"run": "string"})
-    summary = summary.sort_values(["run", "step"], kind="stable").reset_index(drop=True)
+    summary = summary.sort_values(
+        ["run", "seed", "step"], kind="stable", na_position="first"
+    ).reset_index(drop=True)
     rows = [
-        {"run": r["run"], "step": r["step"], "pattern": pattern, **stats}
+        {"run": r["run"], "seed": r.get("seed"), "step": r["step"], "pattern": pattern, **stats}
         for r in records
         for pattern, stats in (r.get("success_by_pattern") or {}).items()
     ]
     by_pattern = pd.DataFrame(rows, columns=list(BY_PATTERN_COLUMNS))
-    by_pattern = by_pattern.astype({"step": "Int64", "n": "Int64", "successes": "Int64"})
-    by_pattern = by_pattern.sort_values(["run", "step", "pattern"], kind="stable").reset_index(
-        drop=True
+    by_pattern = by_pattern.astype(
+        {"seed": "Int64", "step": "Int64", "n": "Int64", "successes": "Int64"}
     )
+    by_pattern = by_pattern.sort_values(
+        ["run", "seed", "step", "pattern"], kind="stable", na_position="first"
+    ).reset_index(drop=True)
     return summary, by_pattern
+
+
+ACROSS_SEEDS_COLUMNS = (
+    "run",
+    "step",
+    "seeds",
+    "n_seeds",
+    "success_mean",
+    "success_t_lo",
+    "success_t_hi",
+    "n_completions",
+    "successes",
+    "success_pooled",
+    "success_pooled_lo",
+    "success_pooled_hi",
+)
+BASELINE = "base"  # the `seeds` of a step-0 row: one sample of the untrained model, every seed's
+
+
+def across_seeds(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, step) of a summary: ACROSS_SEEDS_COLUMNS.
+
+    `success_mean` is the mean of the seeds' success rates with its 95% Student t interval over
+    seeds (`success_t_lo/hi`, NA with one seed): how much another training seed would move the
+    result. `success_pooled` and its Wilson interval count all completions of all seeds as one
+    sample (sampling error only). A step-0 row is the run's shared baseline (`seeds` "base",
+    `n_seeds` 1): the untrained model is sampled once and is every seed's step 0. Rows without a
+    success rate (an empty samples file) are left out.
+    """
+    import pandas as pd
+
+    rows = []
+    data = summary.dropna(subset=["success_rate", "n_completions"])
+    for (run, step), part in data.groupby(["run", "step"], sort=True):
+        seeds = part["seed"].dropna().astype(int).tolist() if "seed" in part else []
+        rates = [float(r) for r in part["success_rate"]]
+        counts = [
+            (round(float(rate) * int(n)), int(n))
+            for rate, n in zip(part["success_rate"], part["n_completions"], strict=True)
+        ]
+        mean, t_lo, t_hi = metrics.mean_t_interval(rates)
+        pooled, lo, hi = metrics.pooled_wilson(counts)
+        rows.append(
+            {
+                "run": run,
+                "step": int(step),
+                "seeds": ",".join(map(str, sorted(seeds))) if seeds else BASELINE,
+                "n_seeds": len(rates),
+                "success_mean": mean,
+                "success_t_lo": None if math.isnan(t_lo) else t_lo,
+                "success_t_hi": None if math.isnan(t_hi) else t_hi,
+                "n_completions": sum(n for _, n in counts),
+                "successes": sum(s for s, _ in counts),
+                "success_pooled": pooled,
+                "success_pooled_lo": lo,
+                "success_pooled_hi": hi,
+            }
+        )
+    out = pd.DataFrame(rows, columns=list(ACROSS_SEEDS_COLUMNS))
+    return out.astype(
+        {"run": "string", "step": "Int64", "n_seeds": "Int64", "n_completions": "Int64"}
+        | {"successes": "Int64", "success_t_lo": "Float64", "success_t_hi": "Float64"}
+    )
 
 
 def cli(argv: list[str], prog: str) -> None:
     parser = argparse.ArgumentParser(
-        prog=prog, description="Collect score JSON files into one TSV row per (run, step)."
+        prog=prog, description="Collect score JSON files into one TSV row per (run, seed, step)."
     )
     parser.add_argument("--scores", type=Path, nargs="+", required=True, help="scores JSON files")
     parser.add_argument("--out", type=Path, required=True, help="summary TSV (results/summary.tsv)")
     parser.add_argument(
         "--by-pattern-out",
         type=Path,
-        help="optional long TSV: run, step, pattern, n, successes, success_rate, success_lo/hi",
+        help="optional long TSV: run, seed, step, pattern, n, successes, success_rate/lo/hi",
+    )
+    parser.add_argument(
+        "--across-seeds-out",
+        type=Path,
+        help="optional TSV, one row per (run, step): mean over seeds with its t interval, pooled",
     )
     args = parser.parse_args(argv)
     records = [json.loads(p.read_text(encoding="utf-8")) for p in args.scores]
@@ -75,3 +153,6 @@ def cli(argv: list[str], prog: str) -> None:
     if args.by_pattern_out is not None:
         args.by_pattern_out.parent.mkdir(parents=True, exist_ok=True)
         by_pattern.to_csv(args.by_pattern_out, sep="\t", index=False, na_rep="NA")
+    if args.across_seeds_out is not None:
+        args.across_seeds_out.parent.mkdir(parents=True, exist_ok=True)
+        across_seeds(summary).to_csv(args.across_seeds_out, sep="\t", index=False, na_rep="NA")

@@ -1,6 +1,6 @@
 """The run folder's layout, owned here: where TRL's checkpoints, kept weights and manifests live.
 
-A run folder (results/runs/{run}, the train rule's `--out-dir`):
+A run folder (results/runs/{run}/seed-{seed}, the train rule's `--out-dir`):
 
 - `trainer/`: TRL's output_dir (checkpoint-N with optimizer and rng state). Not a declared
   output, so Snakemake never deletes it: a rerun resumes from its newest complete checkpoint.

@@ -129,6 +129,26 @@ def run_view(config: dict[str, Any], run: str) -> dict[str, Any]:
     }
 
 
+MAX_SEED = 2**32 - 1  # numpy's seeds, which TRL's set_seed reaches
+
+
+def run_seeds(config: dict[str, Any], run: str) -> list[int]:
+    """The replicate seeds of one run: `runs.<run>.seeds`, or one seed when it is absent (the
+    run's `grpo.seed` if it sets one, else the top-level `seed`: what TRL seeded it with before
+    replicates existed, so a config without `seeds` trains exactly as before)."""
+    spec = config["runs"][run]
+    if spec.get("seeds"):
+        return [int(s) for s in spec["seeds"]]
+    return [int((spec.get("grpo") or {}).get("seed", config.get("seed", 42)))]
+
+
+def replicate_view(config: dict[str, Any], run: str, seed: int) -> dict[str, Any]:
+    """`run_view` of one replicate: its seed is TRL's (`grpo.seed`), replacing the run's own."""
+    view = run_view(config, run)
+    view["grpo"]["seed"] = int(seed)
+    return view
+
+
 def uses_vllm_server(run_spec: dict[str, Any]) -> bool:
     """A zero3 run generating on a separate `trl vllm-serve` (the wrapper starts it)."""
     grpo = run_spec.get("grpo") or {}
@@ -296,6 +316,14 @@ def _check_run(config: dict[str, Any], name: str, spec: Any) -> None:
     max_steps = grpo.get("max_steps")
     if not isinstance(max_steps, int) or max_steps <= 0:
         raise ConfigError(f"{key}.grpo.max_steps: required, a positive integer (got {max_steps!r})")
+    seeds = spec.get("seeds")
+    if seeds is not None:
+        bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int)]
+        bad += [s for s in seeds if isinstance(s, int) and not 0 <= s <= MAX_SEED]
+        if bad or not seeds or len(set(seeds)) != len(seeds):
+            raise ConfigError(
+                f"{key}.seeds: distinct integers in 0..{MAX_SEED}, at least one (got {seeds!r})"
+            )
     view = run_view(config, name)
     ckpt_key = f"{key}.checkpoints" if spec.get("checkpoints") else "checkpoints"
     ckpts = view["checkpoints"]

@@ -185,6 +185,101 @@ def is_success(sample: Mapping[str, Any]) -> bool:
     return _success(sample)
 
 
+# ----------------------------------------------------------------------------- across seeds
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 400):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b), 0 <= x <= 1."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: int) -> float:
+    """Student's t distribution function with `df` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"t_cdf: df must be >= 1, got {df}")
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(q: float, df: int) -> float:
+    """The `q` quantile of Student's t with `df` degrees of freedom (bisection on t_cdf)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"t_quantile: q must be in (0, 1), got {q}")
+    if q < 0.5:
+        return -t_quantile(1.0 - q, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < q:
+        lo, hi = hi, hi * 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if t_cdf(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-13 * max(1.0, hi):
+            break
+    return (lo + hi) / 2.0
+
+
+def mean_t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of per-seed rates and its two-sided Student t interval.
+
+    The interval treats each seed's rate as one draw of the training run's outcome, so it is
+    about seed-to-seed variation (df = seeds - 1); with one value there is none to measure and
+    lo, hi are NaN. No values: ValueError.
+    """
+    if not values:
+        raise ValueError("mean_t_interval: no values")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"mean_t_interval: level must be in (0, 1), got {level}")
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = t_quantile(0.5 + level / 2.0, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def pooled_wilson(counts: Iterable[tuple[int, int]], z: float = Z95) -> tuple[float, float, float]:
+    """(rate, lo, hi) of all completions of all seeds pooled: `counts` is (successes, n) per
+    seed; the Wilson interval of the summed counts (sampling error only, not seed variation)."""
+    pairs = [(_check_count("successes", s), _check_count("n", n)) for s, n in counts]
+    successes = sum(s for s, _ in pairs)
+    n = sum(n for _, n in pairs)
+    lo, hi = wilson_interval(successes, n, z)
+    return successes / n, lo, hi
+
+
 def pass_at_k_curve(samples: Sequence[Mapping[str, Any]], max_k: int) -> dict[int, float]:
     """Mean unbiased pass@k over prompts for k = 1 .. min(max_k, smallest prompt's n).
 

@@ -23,7 +23,7 @@ from aha.report_inputs import (
     missing_steps,
     parse_options,
     parse_runs,
-    paths_by_run,
+    paths_by_run_step,
     read_summary,
     read_train_log,
     run_order,
@@ -224,20 +224,9 @@ def plot_success(
     ticks = configured_steps(summary, runs)
     seed_ticks = ticks + ([s for s, _ in SEED_REFERENCE] if seed else [])
     fig, (ax, ax_k) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-    band = ("success_lo", "success_hi")
-    drawn = _metric_panel(ax, summary, "success_rate", order, colours, True, seed_ticks, band)
-    ax.set_title("Success rate on held-out prompts (95% interval)")
+    success_panel(ax, summary, order, colours, seed_ticks)
+    ax.set_title("Success rate on held-out prompts (mean over seeds, 95% interval)")
     ax.set_ylabel("success rate (equation correct)")
-    if drawn:
-        base = summary[(summary["step"] == 0)].dropna(subset=["success_rate"])
-        for _, row in base.iterrows():
-            ax.axhline(
-                row["success_rate"],
-                color=colours[row["run"]],
-                ls=":",
-                lw=1.2,
-                label=f"{row['run']} step 0 (base model)",
-            )
     if seed:
         xs, ys = zip(*SEED_REFERENCE, strict=True)
         ax.scatter(xs, ys, marker="*", s=180, color="black", zorder=5, label=SEED_LABEL)
@@ -252,6 +241,64 @@ def plot_success(
     _footnote(fig, describe_missing(missing_steps(summary, runs)))
     fig.suptitle("Does GRPO teach the model to solve Countdown?")
     return fig
+
+
+def success_panel(
+    ax: Axes,
+    summary: pd.DataFrame,
+    order: Sequence[str],
+    colours: Mapping[str, Any],
+    ticks: Sequence[int],
+) -> bool:
+    """Success vs step per run: each seed a thin line, the mean over seeds a thick one in a band
+    (the 95% t interval across seeds; with one seed, which has none, that seed's Wilson
+    interval), and the step-0 baseline, the untrained model sampled once per run, as a dotted
+    line: it is every seed's step 0. False (and a note) when nothing is scored."""
+    from aha.aggregate import across_seeds
+
+    _steps_axis(ax, ticks)
+    ax.yaxis.set_major_formatter(_percent())
+    data = summary.dropna(subset=["success_rate"]) if "success_rate" in summary else summary[:0]
+    if data.empty or "n_completions" not in data:
+        _note(ax, "no scored checkpoint yet")
+        return False
+    seeds = data["seed"] if "seed" in data else data["step"] * float("nan")
+    base = data[seeds.isna() & (data["step"] == 0)]
+    trained = data[seeds.notna()]
+    mean = across_seeds(data)
+    for run in [r for r in order if r in set(data["run"])]:
+        colour = colours[run]
+        start = base[base["run"] == run]
+        for _, part in trained[trained["run"] == run].groupby("seed", sort=True):
+            line = pd_concat([start, part]).sort_values("step")
+            ax.plot(line["step"], line["success_rate"], color=colour, lw=0.7, alpha=0.45)
+        agg = mean[mean["run"] == run].sort_values("step")
+        lo = agg["success_t_lo"].astype(float).fillna(agg["success_pooled_lo"].astype(float))
+        hi = agg["success_t_hi"].astype(float).fillna(agg["success_pooled_hi"].astype(float))
+        steps = agg["step"].astype(int)
+        ax.fill_between(steps, lo, hi, color=colour, alpha=0.18, lw=0)
+        ax.vlines(steps, lo, hi, color=colour, lw=1.2)
+        n = int(agg["n_seeds"].max()) if len(trained[trained["run"] == run]) else 0
+        label = f"{run} ({n} seed{'s' if n != 1 else ''})" if n else run
+        ax.plot(steps, agg["success_mean"], color=colour, lw=2, marker="o", label=label)
+        for _, row in start.iterrows():
+            ax.axhline(
+                row["success_rate"],
+                color=colour,
+                ls=":",
+                lw=1.2,
+                label=f"{run} step 0 (base model)",
+            )
+    _steps_axis(ax, ticks)
+    return True
+
+
+def pd_concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate, skipping empty frames (pandas warns on them)."""
+    import pandas as pd
+
+    kept = [f for f in frames if len(f)]
+    return pd.concat(kept, ignore_index=True) if kept else frames[0]
 
 
 def _panels_figure(
@@ -299,7 +346,8 @@ def train_panels(log: pd.DataFrame) -> list[tuple[str, str]]:
 def plot_training(
     log: pd.DataFrame, runs: Mapping[str, RunInfo], empty_runs: Sequence[str]
 ) -> Figure:
-    """Training curves from TRL's log history: raw (thin) and a rolling mean (thick) per run."""
+    """Training curves from TRL's log history: raw (thin) per seed, and per run the mean over
+    seeds of each seed's rolling mean (thick)."""
     plt = _pyplot()
     import pandas as pd
     import seaborn as sns
@@ -315,14 +363,14 @@ def plot_training(
     flat = list(axes.flat)
     for ax, (key, title) in zip(flat, panels, strict=False):
         ax.set_title(title)
-        data = log[log["metric"] == key].sort_values(["run", "step"])
+        data = log[log["metric"] == key].sort_values(["run", "seed", "step"])
         if data.empty:
             _note(ax, MISSING_NOTES.get(key, "not logged") if len(log) else "no training log yet")
             ax.set_xticks([])
             ax.set_yticks([])
             continue
         smooth = []
-        for run, part in data.groupby("run", sort=False):
+        for (run, _), part in data.groupby(["run", "seed"], sort=False, dropna=False):
             window = max(1, len(part) // 15)
             ax.plot(part["step"], part["value"], color=colours[run], alpha=0.3, lw=0.8)
             smooth.append(
@@ -426,10 +474,10 @@ def cli(argv: list[str], prog: str) -> None:
     parser.add_argument("--by-pattern", type=Path, help="results/summary_by_pattern.tsv (optional)")
     parser.add_argument(
         "--train-log",
-        nargs=2,
+        nargs=3,
         action="append",
-        metavar=("RUN", "PATH"),
-        help="a run's TRL log history (train_log.jsonl), read when present; once per run",
+        metavar=("RUN", "SEED", "PATH"),
+        help="a replicate's TRL log history (train_log.jsonl), read when present; once per seed",
     )
     outputs = parser.add_argument_group("outputs (SVG files)")
     for name, shows in FIGURES.items():
@@ -439,14 +487,18 @@ def cli(argv: list[str], prog: str) -> None:
 
     runs = parse_runs(args.runs)
     try:
-        train_logs = paths_by_run("--train-log", args.train_log, runs)
+        train_logs = paths_by_run_step("--train-log", args.train_log, runs, "seed")
     except ValueError as err:
         parser.error(str(err))
     options = parse_options(args.report)
     summary = read_summary(args.summary)
     by_pattern = read_summary(args.by_pattern)
-    logs = [read_train_log(train_logs.get(run), run) for run in runs]
-    empty = [run for run, log in zip(runs, logs, strict=True) if log.empty]
+    by_run = {
+        run: [read_train_log(path, run, seed) for seed, path in train_logs.get(run, {}).items()]
+        for run in runs
+    }
+    empty = [run for run, logs in by_run.items() if all(log.empty for log in logs)]
+    logs = [log for run_logs in by_run.values() for log in run_logs if not log.empty]
     log = pd.concat(logs, ignore_index=True) if logs else read_train_log(None, "")
     save(plot_success(summary, runs, options), args.success)
     save(plot_quality(summary, runs), args.quality)

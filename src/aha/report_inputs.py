@@ -107,20 +107,24 @@ def paths_by_run(
 
 
 def paths_by_run_step(
-    flag: str, triples: Sequence[Sequence[str]] | None, runs: Mapping[str, RunInfo]
+    flag: str,
+    triples: Sequence[Sequence[str]] | None,
+    runs: Mapping[str, RunInfo],
+    what: str = "step",
 ) -> dict[str, dict[int, Path]]:
-    """`[[run, step, path], ...]` of a repeated `flag RUN STEP PATH` as {run: {step: path}}."""
+    """`[[run, n, path], ...]` of a repeated `flag RUN N PATH` as {run: {n: path}}; N is a step
+    (`--samples`) or a seed (`--train-log`, `what="seed"`)."""
     out: dict[str, dict[int, Path]] = {}
-    for run, step_text, path in triples or []:
+    for run, text, path in triples or []:
         if run not in runs:
             raise ValueError(f"{flag} {run}: not a run of --runs (have: {', '.join(runs)})")
         try:
-            step = int(step_text)
+            number = int(text)
         except ValueError:
-            raise ValueError(f"{flag} {run} {step_text}: the step is not an integer") from None
-        if step in out.setdefault(run, {}):
-            raise ValueError(f"{flag} {run} {step}: given twice")
-        out[run][step] = Path(path)
+            raise ValueError(f"{flag} {run} {text}: the {what} is not an integer") from None
+        if number in out.setdefault(run, {}):
+            raise ValueError(f"{flag} {run} {number}: given twice")
+        out[run][number] = Path(path)
     return out
 
 
@@ -161,8 +165,8 @@ def read_summary(path: Path | None) -> pd.DataFrame:
     return df
 
 
-def read_train_log(path: Path | None, run: str) -> pd.DataFrame:
-    """Long table (run, step, metric, value) of a TRL log history; empty when missing.
+def read_train_log(path: Path | None, run: str, seed: int | None = None) -> pd.DataFrame:
+    """Long table (run, seed, step, metric, value) of a TRL log history; empty when missing.
 
     Only per-step training entries count (those with a `step` and a reward or loss metric); the
     final summary entry (train_runtime, ...) and None values (TRL's all-NaN metric) are dropped.
@@ -179,8 +183,11 @@ def read_train_log(path: Path | None, run: str) -> pd.DataFrame:
             if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             if math.isfinite(value):
-                rows.append({"run": run, "step": int(step), "metric": key, "value": float(value)})
-    return pd.DataFrame(rows, columns=["run", "step", "metric", "value"])
+                rows.append(
+                    {"run": run, "seed": seed, "step": int(step), "metric": key, "value": value}
+                )
+    frame = pd.DataFrame(rows, columns=["run", "seed", "step", "metric", "value"])
+    return frame.astype({"value": float})
 
 
 def read_samples(path: Path) -> tuple[list[dict[str, Any]], int]:

@@ -16,8 +16,10 @@ from typing import Any
 from aha import behaviours, jsonl, metrics
 
 # Columns of results/summary.tsv, in order; also the scalar fields of a scores JSON.
+# `seed` is the replicate's (runs.<run>.seeds); empty (NA) for a run's shared step-0 baseline.
 SUMMARY_COLUMNS: tuple[str, ...] = (
     "run",
+    "seed",
     "step",
     "n_prompts",
     "n_completions",
@@ -67,11 +69,14 @@ def check_identity(path: Path, samples: Sequence[dict[str, Any]], run: str, step
         raise ValueError(f"{path}: rows are ({other[0]}, {other[1]}), expected ({run}, {step})")
 
 
-def score(samples: Sequence[dict[str, Any]], run: str, step: int) -> dict[str, Any]:
-    """The scores record of one (run, step): SUMMARY_COLUMNS plus success_by_pattern."""
+def score(
+    samples: Sequence[dict[str, Any]], run: str, step: int, seed: int | None = None
+) -> dict[str, Any]:
+    """The scores record of one (run, seed, step): SUMMARY_COLUMNS plus success_by_pattern.
+    `seed` None: a run's step-0 baseline, shared by all its seeds."""
     summary = metrics.summarize(samples)
     aha = behaviours.summarize(s["text"] for s in samples)
-    record = {"run": run, "step": step, **summary, **aha}
+    record = {"run": run, "seed": seed, "step": step, **summary, **aha}
     return {key: record[key] for key in (*SUMMARY_COLUMNS, "success_by_pattern")}
 
 
@@ -83,9 +88,12 @@ def cli(argv: list[str], prog: str) -> None:
     parser.add_argument("--out", type=Path, required=True, help="scores JSON to write")
     parser.add_argument("--run", required=True, help="run name (the rule's {run})")
     parser.add_argument("--step", type=int, required=True, help="checkpoint step (its {step})")
+    parser.add_argument(
+        "--seed", type=int, help="the replicate's seed (its {seed}); absent: the step-0 baseline"
+    )
     args = parser.parse_args(argv)
     samples = read_samples(args.samples)
     check_identity(args.samples, samples, args.run, args.step)
-    record = score(samples, args.run, args.step)
+    record = score(samples, args.run, args.step, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

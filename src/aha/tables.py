@@ -84,23 +84,32 @@ def _num(value: Any, digits: int = 1) -> str:
     return "–" if value is None or value != value else f"{float(value):.{digits}f}"
 
 
+def seed_cell(row: Any) -> str:
+    """The seed column: the replicate's seed, or the shared step-0 baseline's label."""
+    seed = row.get("seed")
+    return "base (every seed)" if seed is None or seed != seed else str(int(seed))
+
+
 def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
-    """HTML page: one row per (run, step), and a marked row per configured step not scored."""
+    """HTML page: one row per (run, seed, step), and a marked row per configured step not
+    scored. Step 0 is the untrained model, sampled once per run: every seed's step 0."""
     missing = missing_steps(summary, runs)
     head = (
-        "run", "step", "prompts × k", "success [95% CI]", "pass@1", "pass@k", "format",
+        "run", "seed", "step", "prompts × k", "success [95% CI]", "pass@1", "pass@k", "format",
         "numbers ok", "tokens mean / median", "truncated", "verify", "backtrack", "candidates",
     )  # fmt: skip
     rows = []
     for run in run_order(summary, runs):
         part = summary[summary["run"] == run]
-        scored = {int(r["step"]): r for _, r in part.iterrows()}
-        steps = sorted(set(scored) | set(missing.get(run, [])))
-        for step in steps:
-            r = scored.get(step)
+        scored = [(int(r["step"]), seed_cell(r), r) for _, r in part.iterrows()]
+        lost = [(step, "–", None) for step in missing.get(run, [])]
+        for step, seed, r in sorted([*scored, *lost], key=lambda t: (t[0], t[1])):
             if r is None:
-                cells = f'<td colspan="{len(head) - 2}">missing: not scored yet, or failed</td>'
-                rows.append(f'<tr class="missing"><td>{esc(run)}</td><td>{step}</td>{cells}</tr>')
+                cells = f'<td colspan="{len(head) - 3}">missing: not scored yet, or failed</td>'
+                rows.append(
+                    f'<tr class="missing"><td>{esc(run)}</td><td>{seed}</td><td>{step}</td>'
+                    f"{cells}</tr>"
+                )
                 continue
             k = "–" if r.get("k") != r.get("k") else int(r["k"])
             values = (
@@ -117,14 +126,16 @@ def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
                 _num(r["candidates_mean"], 2),
             )
             cells = "".join(f'<td class="num">{esc(v)}</td>' for v in values)
-            rows.append(f"<tr><td>{esc(run)}</td><td>{step}</td>{cells}</tr>")
+            rows.append(f"<tr><td>{esc(run)}</td><td>{esc(seed)}</td><td>{step}</td>{cells}</tr>")
     if not rows:
         body = '<p class="warn">No scored checkpoint yet: results/summary.tsv is empty.</p>'
         return page("Summary per run and checkpoint", body)
     header = "".join(f"<th>{esc(h)}</th>" for h in head)
     intro = (
         '<p class="note">Success: the equation uses each number once and equals the target '
-        "(Wilson 95% interval over completions). pass@k: unbiased estimate over prompts.</p>"
+        "(Wilson 95% interval over completions). pass@k: unbiased estimate over prompts. One row "
+        "per training seed; step 0, the untrained model, is sampled once per run and is every "
+        "seed's step 0. Means over seeds: results/summary_across_seeds.tsv.</p>"
     )
     table = f"<table><thead><tr>{header}</tr></thead><tbody>\n" + "\n".join(rows)
     return page("Summary per run and checkpoint", intro + table + "\n</tbody></table>")

@@ -1,6 +1,6 @@
 """Stage `train`: GRPO training of one run with TRL, checkpoints at exactly the configured steps.
 
-The run folder (`--out-dir`, results/runs/{run}) is laid out by `aha.checkpoints`: TRL's
+The run folder (`--out-dir`, results/runs/{run}/seed-{seed}) is laid out by `aha.checkpoints`: TRL's
 `trainer/`, the configured steps' `weights/step-N/`, the declared `checkpoints/step-N.json`
 manifests and `train_log.jsonl` (rewritten from the trainer state on every log, so a resumed
 run still holds the whole history once). `completion_samples/` holds random completions and
@@ -424,7 +424,7 @@ def cli(argv: list[str], prog: str) -> None:
         "--out-dir",
         type=Path,
         required=True,
-        help="run folder (results/runs/RUN): trainer/, weights/, checkpoints/, train_log.jsonl",
+        help="run folder (results/runs/RUN/seed-SEED): trainer/, weights/, checkpoints/, train_log.jsonl",
     )
     parser.add_argument(
         "--seed", type=int, default=None, help="seed used when the run's grpo sets no `seed`"

@@ -14,6 +14,8 @@ from aha.config import (
     check,
     default_devices,
     quantization_kwargs,
+    replicate_view,
+    run_seeds,
     run_view,
     schema_error,
     steps,
@@ -65,9 +67,21 @@ def sample_gpus(wildcards):
 
 TINY = "results/models/tiny"
 RUNS = list(config["runs"])
-# Wildcard constraints for {run}/{step} (a global `wildcard_constraints` directive here
-# would make this a file of rules and functions, which `snakemake --lint` flags).
-RUN_STEP = {"run": "|".join(re.escape(r) for r in RUNS), "step": r"\d+"}
+# One replicate of a run (its seed) trains, samples and scores in its own folder; step 0, the
+# untrained model, is sampled once per run in BASE_DIR and is every replicate's step 0.
+RUN_DIR = "results/runs/{run}/seed-{seed}"
+BASE_DIR = "results/runs/{run}/base"
+# Wildcard constraints for {run}/{seed}/{step} (a global `wildcard_constraints` directive here
+# would make this a file of rules and functions, which `snakemake --lint` flags). A replicate's
+# steps are its checkpoints (>= 1); step 0 lives in BASE_DIR only.
+RUN_SEED = {"run": "|".join(re.escape(r) for r in RUNS), "seed": r"\d+"}
+RUN_SEED_STEP = {**RUN_SEED, "step": r"[1-9]\d*"}
+RUN_BASE = {"run": RUN_SEED["run"], "step": "0"}
+
+
+def replicates(run):
+    """(seed, run folder) of each replicate of `run`."""
+    return [(seed, RUN_DIR.format(run=run, seed=seed)) for seed in run_seeds(config, run)]
 
 
 def model_path(run):
@@ -82,23 +96,35 @@ def model_input(wildcards):
 
 
 def sample_input(wildcards):
-    """Step 0 samples the untrained model; every other step waits for the run's checkpoints."""
-    if int(wildcards.step) == 0:
-        return model_input(wildcards)
-    return f"results/runs/{wildcards.run}/checkpoints"
+    """A replicate's checkpoint waits for the replicate's training (its manifests folder)."""
+    return f"{RUN_DIR.format(**wildcards)}/checkpoints"
 
 
-def sample_model(run, step):
-    """The --model argument of sampling: base model at step 0, else the step's manifest."""
+def sample_model(wildcards):
+    """The --model argument of sampling: the base model at step 0, else the step's manifest."""
+    step = int(wildcards.step)
     if step == 0:
-        return model_path(run)
-    if step not in steps(config, run):
-        raise WorkflowError(f"runs.{run}: step {step} is not a configured checkpoint")
-    return f"results/runs/{run}/checkpoints/step-{step}.json"
+        return model_path(wildcards.run)
+    if step not in steps(config, wildcards.run):
+        raise WorkflowError(f"runs.{wildcards.run}: step {step} is not a configured checkpoint")
+    if int(wildcards.seed) not in run_seeds(config, wildcards.run):
+        raise WorkflowError(f"runs.{wildcards.run}: seed {wildcards.seed} is not in its seeds")
+    return f"{RUN_DIR.format(**wildcards)}/checkpoints/step-{step}.json"
+
+
+def seed_option(wildcards):
+    """`--seed S` of a replicate's score; nothing for the shared step-0 baseline."""
+    return f"--seed {wildcards.seed}" if "seed" in wildcards.keys() else ""
 
 
 def score_files():
-    return [f"results/runs/{run}/scores/step-{step}.json" for run in RUNS for step in steps(config, run)]
+    """Every scores record: each run's step-0 baseline, then each replicate's checkpoints."""
+    files = []
+    for run in RUNS:
+        files.append(f"{BASE_DIR.format(run=run)}/scores/step-0.json")
+        for _, folder in replicates(run):
+            files += [f"{folder}/scores/step-{s}.json" for s in steps(config, run) if s]
+    return files
 
 
 def final_targets():
@@ -128,7 +154,7 @@ def sample_quantization(wildcards):
 
 def launch_command(wildcards, resources):
     """The mode-specific training command (see aha.launch.train_command)."""
-    spec = run_view(config, wildcards.run)
+    spec = replicate_view(config, wildcards.run, int(wildcards.seed))
     devices = int(resources.gpu) if spec["device"] == "cuda" else default_devices(spec)
     cmd = train_command(
         spec,
@@ -136,7 +162,7 @@ def launch_command(wildcards, resources):
         "python",
         [],
         model=model_path(wildcards.run),
-        server_log=f"logs/train/{wildcards.run}.vllm-server.log",
+        server_log=f"logs/train/{wildcards.run}-seed{wildcards.seed}.vllm-server.log",
         accelerate_config=f"{workflow.basedir}/workflow/accelerate/zero3.yaml",
     )
     return shlex.join(cmd)

@@ -1,17 +1,18 @@
-# Sample every checkpoint (and step 0, the untrained model) on the fixed eval split, score it,
-# and collect one row per (run, step) into results/summary.tsv.
+# Sample every replicate's checkpoints (and, once per run, step 0: the untrained model) on the
+# fixed eval split, score them, and collect one row per (run, seed, step) into
+# results/summary.tsv and one per (run, step) across seeds into results/summary_across_seeds.tsv.
 
 
 rule sample:
     wildcard_constraints:
-        **RUN_STEP,
+        **RUN_SEED_STEP,
     input:
         eval=f"{DATA}/eval.parquet",
         model=sample_input,
     output:
-        "results/runs/{run}/samples/step-{step}.jsonl",
+        f"{RUN_DIR}/samples/step-{{step}}.jsonl",
     params:
-        model=lambda wc: sample_model(wc.run, int(wc.step)),
+        model=sample_model,
         sampling=lambda wc: as_json(config["sampling"]),
         backend=sample_backend,
         device=lambda wc: run_view(config, wc.run)["device"],
@@ -20,9 +21,9 @@ rule sample:
     resources:
         gpu=sample_gpus,
     log:
-        "logs/sample/{run}-{step}.log",
+        "logs/sample/{run}-seed{seed}-{step}.log",
     benchmark:
-        "benchmarks/sample/{run}-{step}.tsv"
+        "benchmarks/sample/{run}-seed{seed}-{step}.tsv"
     conda:
         "../envs/aha.yaml"
     shell:
@@ -32,20 +33,48 @@ rule sample:
         "--run {wildcards.run} --step {wildcards.step} --out {output} > {log} 2>&1"
 
 
+# Step 0 once per run, not per seed: the untrained model is the same for every replicate.
+use rule sample as sample_base with:
+    wildcard_constraints:
+        **RUN_BASE,
+    input:
+        eval=f"{DATA}/eval.parquet",
+        model=model_input,
+    output:
+        f"{BASE_DIR}/samples/step-{{step}}.jsonl",
+    log:
+        "logs/sample/{run}-base-{step}.log",
+    benchmark:
+        "benchmarks/sample/{run}-base-{step}.tsv"
+
+
 rule score:
     wildcard_constraints:
-        **RUN_STEP,
+        **RUN_SEED_STEP,
     input:
-        "results/runs/{run}/samples/step-{step}.jsonl",
+        f"{RUN_DIR}/samples/step-{{step}}.jsonl",
     output:
-        "results/runs/{run}/scores/step-{step}.json",
+        f"{RUN_DIR}/scores/step-{{step}}.json",
+    params:
+        seed=seed_option,
     log:
-        "logs/score/{run}-{step}.log",
+        "logs/score/{run}-seed{seed}-{step}.log",
     conda:
         "../envs/aha.yaml"
     shell:
         "python -m aha score --samples {input} --run {wildcards.run} --step {wildcards.step} "
-        "--out {output} > {log} 2>&1"
+        "{params.seed} --out {output} > {log} 2>&1"
+
+
+use rule score as score_base with:
+    wildcard_constraints:
+        **RUN_BASE,
+    input:
+        f"{BASE_DIR}/samples/step-{{step}}.jsonl",
+    output:
+        f"{BASE_DIR}/scores/step-{{step}}.json",
+    log:
+        "logs/score/{run}-base-{step}.log",
 
 
 rule aggregate:
@@ -54,10 +83,12 @@ rule aggregate:
     output:
         summary="results/summary.tsv",
         by_pattern="results/summary_by_pattern.tsv",
+        across_seeds="results/summary_across_seeds.tsv",
     log:
         "logs/aggregate/aggregate.log",
     conda:
         "../envs/aha.yaml"
     shell:
         "python -m aha aggregate --scores {input} --out {output.summary} "
-        "--by-pattern-out {output.by_pattern} > {log} 2>&1"
+        "--by-pattern-out {output.by_pattern} --across-seeds-out {output.across_seeds} "
+        "> {log} 2>&1"

@@ -4,7 +4,7 @@
 # samples) and every file it writes a declared output, each passed on its command line, so the
 # stages compose no path and building the DAG imports no plotting code. Whatever an input lacks
 # (a run with no logged step, an empty samples file) is stated on the figure or page.
-from aha.config import steps
+from aha.config import run_seeds, steps
 from aha.report_inputs import repeated, runs_argument
 
 CAPTION = "../report/{}.rst"
@@ -21,10 +21,21 @@ ENVIRONMENT_PAGE = "results/tables/environment.html"
 EXAMPLES_PAGE = "results/tables/examples-{run}.html"
 EXAMPLES_PAGES = {run: EXAMPLES_PAGE.format(run=run) for run in RUNS}
 # The outputs of rule train (train.smk) and rule sample (evaluate.smk), spelled here too so
-# that these rules also run in a workflow of their own over existing results.
-TRAIN_LOGS = {run: f"results/runs/{run}/train_log.jsonl" for run in RUNS}
+# that these rules also run in a workflow of their own over existing results. Every replicate's
+# training log; the examples pages quote a run's first seed (and its shared step 0).
+TRAIN_LOGS = [
+    (run, seed, f"results/runs/{run}/seed-{seed}/train_log.jsonl")
+    for run in RUNS
+    for seed in run_seeds(config, run)
+]
 SAMPLES_FILES = [
-    (run, step, f"results/runs/{run}/samples/step-{step}.jsonl")
+    (
+        run,
+        step,
+        f"results/runs/{run}/base/samples/step-0.jsonl"
+        if step == 0
+        else f"results/runs/{run}/seed-{run_seeds(config, run)[0]}/samples/step-{step}.jsonl",
+    )
     for run in RUNS
     for step in steps(config, run)
 ]
@@ -42,7 +53,7 @@ rule plots:
     input:
         summary="results/summary.tsv",
         by_pattern="results/summary_by_pattern.tsv",
-        train_logs=list(TRAIN_LOGS.values()),
+        train_logs=[path for _, _, path in TRAIN_LOGS],
     output:
         success=report(
             FIGURES["success"],
@@ -82,7 +93,7 @@ rule plots:
     params:
         runs=lambda wc: as_json(runs_argument(config)),
         report=lambda wc: as_json(config["report"]),
-        train_logs=repeated("--train-log", TRAIN_LOGS.items()),
+        train_logs=repeated("--train-log", TRAIN_LOGS),
     log:
         "logs/plots/plots.log",
     conda:

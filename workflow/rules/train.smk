@@ -1,37 +1,38 @@
-# GRPO training of one run. The declared output is the run's directory of checkpoint manifests
-# (one per configured step; per-run checkpoint lists make a fixed file list impossible). TRL's
-# own state lives in results/runs/{run}/trainer/, outside declared outputs, so a rerun of an
-# interrupted job resumes from its newest checkpoint-N instead of starting over.
+# GRPO training of one replicate of a run (its {seed}: `runs.<run>.seeds`, one by default). The
+# declared output is the replicate's directory of checkpoint manifests (one per configured step;
+# per-run checkpoint lists make a fixed file list impossible). TRL's own state lives in
+# results/runs/{run}/seed-{seed}/trainer/, outside declared outputs, so a rerun of an
+# interrupted job resumes from its newest checkpoint-N instead of starting over. The seed is
+# TRL's: the spec's grpo.seed is the replicate's (aha.config.replicate_view), and --seed too.
 # The command depends on the mode (aha.launch.train_command): cpu/qlora run `python -m aha
 # train`; zero3 runs it under `accelerate launch` (DeepSpeed ZeRO-3), on all GPUs with vLLM
 # colocated, or on all but the last with `trl vllm-serve` started there and always stopped.
 rule train:
     wildcard_constraints:
-        **RUN_STEP,
+        **RUN_SEED,
     input:
         train=f"{DATA}/train.parquet",
         model=model_input,
     output:
-        checkpoints=directory("results/runs/{run}/checkpoints"),
-        log_history="results/runs/{run}/train_log.jsonl",
+        checkpoints=directory(f"{RUN_DIR}/checkpoints"),
+        log_history=f"{RUN_DIR}/train_log.jsonl",
     params:
-        spec=lambda wc: as_json(run_view(config, wc.run)),
+        spec=lambda wc: as_json(replicate_view(config, wc.run, int(wc.seed))),
         model=lambda wc: model_path(wc.run),
         data_dir=lambda wc, input: os.path.dirname(input.train),
-        out_dir=lambda wc: f"results/runs/{wc.run}",
-        seed=config["seed"],
+        out_dir=lambda wc: RUN_DIR.format(**wc),
         launch=launch_command,
     threads: train_threads
     resources:
         gpu=run_gpus,
     log:
-        "logs/train/{run}.log",
+        "logs/train/{run}-seed{seed}.log",
     benchmark:
-        "benchmarks/train/{run}.tsv"
+        "benchmarks/train/{run}-seed{seed}.tsv"
     conda:
         "../envs/aha.yaml"
     shell:
         "python -m aha check-gpu --run-spec {params.spec:q} --model {params.model} > {log} 2>&1 && "
         "OMP_NUM_THREADS={threads} exec {params.launch} --run-spec {params.spec:q} "
         "--data-dir {params.data_dir} --model {params.model} --out-dir {params.out_dir} "
-        "--seed {params.seed} >> {log} 2>&1"
+        "--seed {wildcards.seed} >> {log} 2>&1"
