@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from aha import plots
+from aha import plot_style, plots
 from aha.report_inputs import read_train_log
 from tests.test_report import PARTIAL, PATTERNS, SWEEP, train_log_args, write_results
 
@@ -16,9 +16,20 @@ from tests.test_report import PARTIAL, PATTERNS, SWEEP, train_log_args, write_re
 FILES = {
     "success": "success.svg",
     "patterns": "success_by_pattern.svg",
+    "sizes": "success_by_size.svg",
+    "passk": "pass_at_k.svg",
     "quality": "format_length.svg",
     "behaviours": "behaviours.svg",
+    "reflection": "reflection.svg",
+    "audit": "audit.svg",
     "training": "training.svg",
+}
+# plots option -> detail table file (tests.test_report.DETAIL_FILES names them)
+TABLES = {
+    "--by-size": "summary_by_size.tsv",
+    "--pass-at-k-table": "pass_at_k.tsv",
+    "--audit-table": "audit.tsv",
+    "--reflection-table": "reflection_words.tsv",
 }
 
 
@@ -35,6 +46,7 @@ def run_plots(
         [
             "--summary", str(results / "summary.tsv"),
             "--by-pattern", str(results / "summary_by_pattern.tsv"),
+            *[arg for flag, f in TABLES.items() for arg in (flag, str(results / f))],
             *train_log_args(results, runs, seeds),
             "--runs", json.dumps(runs),
             "--report", json.dumps(report_cfg or {"seed_reference": True}),
@@ -77,7 +89,7 @@ def test_every_figure_written_and_compares_runs(sweep: Path) -> None:
     assert plots.SEED_LABEL in success  # a Qwen Hub run and seed_reference on
     assert "Missing" not in success
     quality = svg_text(sweep / "format_length.svg")
-    for title in ("Format rate", "Completion length", "Truncated completions"):
+    for title in ("Format rate", "correct (solid) vs incorrect (dashed)", "Truncated completions"):
         assert title in quality
     aha = svg_text(sweep / "behaviours.svg")
     for title in ("Self-verification", "Backtracking", "Candidate equations tried"):
@@ -171,14 +183,14 @@ def test_share_axis_fits_small_rates_and_keeps_seed_stars_in_view() -> None:
     fig, ax = plt.subplots()
     ax.plot([0, 450], [0.03, 0.08])
     ax.fill_between([0, 450], [0.02, 0.06], [0.04, 0.10])
-    plots.fit_share_axis(ax)
+    plot_style.fit_share_axis(ax)
     low, top = ax.get_ylim()
     assert 0.10 < top < 0.13 and low <= 0.0  # 3% and 8% are a third and two thirds up
     ax.scatter([100, 450], [0.25, 0.50])  # seed reference stars
-    plots.fit_share_axis(ax)
+    plot_style.fit_share_axis(ax)
     assert 0.50 < ax.get_ylim()[1] < 0.6
     ax.plot([0, 450], [0.99, 1.0])  # a format rate: never past 100% (+ a margin)
-    plots.fit_share_axis(ax)
+    plot_style.fit_share_axis(ax)
     assert ax.get_ylim()[1] == pytest.approx(1.02)
     plt.close(fig)
 
@@ -205,7 +217,7 @@ def test_success_figure_with_three_seeds(tmp_path: Path) -> None:
     summary = pd.read_csv(tmp_path / "summary.tsv", sep="\t", na_values=["NA"])
     fig, ax = matplotlib.pyplot.subplots()
     assert plots.success_panel(
-        ax, summary, ["qwen-a", "tiny-b"], plots.palette(["qwen-a", "tiny-b"]), [0, 2, 4]
+        ax, summary, ["qwen-a", "tiny-b"], plot_style.palette(["qwen-a", "tiny-b"]), [0, 2, 4]
     )
     # per run: 3 thin seed lines from step 0 + 1 mean line; a dotted baseline each
     lines = [ln for ln in ax.get_lines() if ln.get_linestyle() != ":"]
@@ -220,3 +232,67 @@ def test_success_figure_with_three_seeds(tmp_path: Path) -> None:
 
 def test_success_figure_with_one_seed_names_it(sweep: Path) -> None:
     assert "qwen-a (1 seed)" in svg_text(sweep / "success.svg")
+
+
+def _axes_lines(fig) -> dict[str, list[tuple[list, list]]]:
+    """{axes title: [(x, y) of each line]} of a figure."""
+    return {
+        ax.get_title(): [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()]
+        for ax in fig.axes
+    }
+
+
+def test_breakdown_figures_draw_the_scored_numbers(tmp_path: Path) -> None:
+    """The numbers behind pass@k, length, reflection and audit figures, known by hand for the
+    synthetic completions (6 prompts x 4 samples; the first `successes` of them correct)."""
+    import pandas as pd
+
+    from aha import plots_breakdowns
+    from aha.report_inputs import parse_runs
+
+    spec = {"qwen-a": {**SWEEP["qwen-a"], "seeds": [42, 43]}}
+    runs = parse_runs(json.dumps(write_results(tmp_path, spec)))
+    read = lambda name: pd.read_csv(tmp_path / name, sep="\t", na_values=["NA"])  # noqa: E731
+    fig = plots_breakdowns.plot_pass_at_k(read("pass_at_k.tsv"), runs)
+    (line0, line2, line4) = _axes_lines(fig)["qwen-a"]
+    # step 0: 2 successes = prompt 0 with 2 of 4: pass@k = (1 - C(2,k)/C(4,k)) / 6
+    assert line0 == ([1, 2, 3, 4], pytest.approx([0.5 / 6, (5 / 6) / 6, 1 / 6, 1 / 6]))
+    # step 4: seed 42 has 12 (prompts 0-2 all correct), seed 43 13: the mean over seeds
+    k1 = (12 / 24 + 13 / 24) / 2
+    assert line4[1][0] == pytest.approx(k1) and line4[1][3] == pytest.approx((3 / 6 + 4 / 6) / 2)
+    assert line2[1][0] == pytest.approx((6 / 24 + 7 / 24) / 2)
+    reflection = _axes_lines(plots_breakdowns.plot_reflection(read("summary.tsv"), read(
+        "reflection_words.tsv"), runs))  # fmt: skip
+    # every completion thinks "Try ... not 15. Wait, ... Let me check": 'wait' + 'check'
+    assert reflection["Reflection words per completion"] == [([0, 2, 4], [2.0, 2.0, 2.0])]
+    with_without = reflection["Success with (solid) vs without (dotted) reflection"]
+    # every completion reflects: success with = the success rate, and no line without
+    assert with_without == [([0, 2, 4], pytest.approx([2 / 24, 6.5 / 24, k1]))]
+    audit = _axes_lines(plots_breakdowns.plot_audit(read("audit.tsv"), runs))
+    # "3 * 5" and "3 + 5" for the numbers 3, 5, 7 both leave 7 out
+    assert audit["Leaves a number out"] == [([0, 2, 4], [1.0, 1.0, 1.0])]
+    assert audit["No answer"] == [([0, 2, 4], [0.0, 0.0, 0.0])]
+
+
+def test_length_panel_splits_correct_from_incorrect() -> None:
+    import matplotlib
+    import pandas as pd
+
+    matplotlib.use("Agg")
+    from aha.plots_breakdowns import length_panel
+
+    summary = pd.DataFrame(
+        {
+            "run": ["r", "r", "r"],
+            "seed": [None, 1, 2],
+            "step": [0, 5, 5],
+            "tokens_mean_correct": [30.0, 50.0, 70.0],
+            "tokens_mean_incorrect": [100.0, 120.0, None],
+        }
+    )
+    _fig, ax = matplotlib.pyplot.subplots()
+    assert length_panel(ax, summary, ["r"], {"r": "C0"}, [0, 5])
+    (correct, incorrect) = [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()]
+    assert correct == ([0, 5], [30.0, 60.0])  # the mean over seeds
+    assert incorrect == ([0, 5], [100.0, 120.0])  # a seed without failures adds none
+    assert [ln.get_linestyle() for ln in ax.get_lines()] == ["-", "--"]

@@ -20,6 +20,13 @@ HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
 QWEN = {"source": "hub", "name_or_path": "Qwen/Qwen2.5-3B-Instruct"}
 TINY = {"source": "tiny", "name_or_path": "Qwen/Qwen2.5-3B-Instruct"}  # schema default name
 PATTERNS = ("++", "+-", "-*")
+# `aggregate` detail table -> its file under results/, as rule aggregate names them
+DETAIL_FILES = {
+    "by_size": "summary_by_size.tsv",
+    "pass_at_k": "pass_at_k.tsv",
+    "audit": "audit.tsv",
+    "reflection_words": "reflection_words.tsv",
+}
 
 
 def completion(ok: bool, i: int) -> str:
@@ -89,8 +96,8 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_results(results: Path, spec: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Write runs/, summary.tsv, summary_by_pattern.tsv and summary_across_seeds.tsv in the
-    workflow's layout; returns the --runs mapping.
+    """Write runs/, summary.tsv, summary_by_pattern.tsv, summary_across_seeds.tsv and the
+    detail tables (DETAIL_FILES) in the workflow's layout; returns the --runs mapping.
 
     spec: {run: {"model": {...}, "steps": [...], "successes": {step: n} (scored steps),
     "empty": [steps with an empty samples file], "log": "kl" | "nokl" | "empty" | None,
@@ -120,6 +127,8 @@ def write_results(results: Path, spec: dict[str, dict[str, Any]]) -> dict[str, A
     by_pattern.to_csv(results / "summary_by_pattern.tsv", sep="\t", index=False, na_rep="NA")
     across = aggregate.across_seeds(summary)
     across.to_csv(results / "summary_across_seeds.tsv", sep="\t", index=False, na_rep="NA")
+    for name, table in aggregate.details(records).items():
+        table.to_csv(results / DETAIL_FILES[name], sep="\t", index=False, na_rep="NA")
     return {run: {"steps": s["steps"], "model": s["model"]} for run, s in spec.items()}
 
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from aha.__main__ import main
-from aha.aggregate import ACROSS_SEEDS_COLUMNS, BY_PATTERN_COLUMNS
+from aha.aggregate import ACROSS_SEEDS_COLUMNS, BY_PATTERN_COLUMNS, DETAILS
 from aha.metrics import wilson_interval
-from aha.score import SUMMARY_COLUMNS
+from aha.score import DETAIL_FIELDS, SUMMARY_COLUMNS
 
 # (prompt, equation reward, format reward, tokens, truncated, text); k = 3 samples per prompt.
 # Behaviours by hand: A verify+backtrack, 2 candidates; B 1; C verify, 1; E backtrack, 2
@@ -84,7 +84,7 @@ def test_score_every_field_by_hand(tmp_path: Path) -> None:
         tmp_path / "runs" / "tiny-cpu" / "seed-42" / "samples" / "step-50.jsonl"
     )
     got = _score(samples, tmp_path / "scores" / "step-50.json")
-    assert list(got) == [*SUMMARY_COLUMNS, "success_by_pattern"]
+    assert list(got) == [*SUMMARY_COLUMNS, *DETAIL_FIELDS]
     expected = {
         "run": "tiny-cpu",
         "seed": 42,
@@ -106,6 +106,12 @@ def test_score_every_field_by_hand(tmp_path: Path) -> None:
         "verify_share": 2 / 9,  # A, C
         "backtrack_share": 2 / 9,  # A, E
         "candidates_mean": (2 + 1 + 1 + 2) / 9,
+        "tokens_mean_correct": (5 + 40 + 50) / 3,  # A, C, E
+        "tokens_mean_incorrect": (20 + 30 + 60 + 70 + 80 + 128) / 6,
+        "reflection_words_mean": 2 / 9,  # C "check", E "Wait"; A's "yes" and E's are not words
+        "reflection_share": 2 / 9,
+        "success_with_reflection": 1.0,  # C and E both succeed
+        "success_without_reflection": 1 / 7,  # A of the other seven
     }
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
@@ -140,6 +146,39 @@ def test_score_every_field_by_hand(tmp_path: Path) -> None:
     }
 
 
+def test_score_details_by_hand(tmp_path: Path) -> None:
+    """pass@k for every k, task size, the audit and the reflection words of ROWS, by hand."""
+    samples = _write_samples(
+        tmp_path / "runs" / "tiny-cpu" / "seed-1" / "samples" / "step-50.jsonl"
+    )
+    got = _score(samples, tmp_path / "scores.json")
+    # prompts: 0 [T, F, F], 1 [T, T, F], 2 [F, F, F]; pass@2 of 1 in 3 = 1 - C(2,2)/C(3,2) = 2/3
+    assert got["pass_at_k_curve"] == pytest.approx({"1": 1 / 3, "2": (2 / 3 + 1) / 3, "3": 2 / 3})
+    assert got["pass_at_k_curve"]["3"] == pytest.approx(got["pass_at_k"])
+    lo, hi = wilson_interval(3, 9)
+    assert got["success_by_size"] == {
+        "3": pytest.approx(
+            {"n": 9, "successes": 3, "success_rate": 1 / 3, "success_lo": lo, "success_hi": hi}
+        )
+    }
+    # A's answer (12 - 7) * 3 = 15 is an honest miss (its reward is the file's, not recomputed);
+    # B and C use numbers not given and leave out given ones; E and the blanks have no answer
+    assert got["audit"] == {
+        "n": 9,
+        "correct": 0,
+        "no_answer": 6,
+        "reuses_number": 0,
+        "drops_number": 2,
+        "foreign_number": 2,
+        "bad_operator": 0,
+        "unary_minus": 0,
+        "echoes_target": 0,
+        "unparsable": 0,
+    }
+    words = {w: 0.0 for w in got["reflection_words"]} | {"wait": 1 / 9, "check": 1 / 9}
+    assert got["reflection_words"] == pytest.approx(words)
+
+
 def test_score_empty_file_gives_nulls(tmp_path: Path) -> None:
     samples = _write_samples(
         tmp_path / "runs" / "r1" / "base" / "samples" / "step-0.jsonl", rows=[]
@@ -148,6 +187,7 @@ def test_score_empty_file_gives_nulls(tmp_path: Path) -> None:
     assert got["run"] == "r1" and got["step"] == 0  # the rule's wildcards
     assert got["n_completions"] == 0 and got["n_prompts"] == 0
     assert got["success_by_pattern"] == {}
+    assert {field: got[field] for field in DETAIL_FIELDS} == {f: {} for f in DETAIL_FIELDS}
     nulls = set(SUMMARY_COLUMNS) - {"run", "step", "n_prompts", "n_completions"}
     assert {k for k in nulls if got[k] is not None} == set()
 
@@ -235,7 +275,10 @@ def test_aggregate_refuses_duplicate_run_step(tmp_path: Path) -> None:
     ("stage", "flags"),
     [
         ("score", ["--samples", "--out", "--run", "--step", "--seed"]),
-        ("aggregate", ["--scores", "--out", "--by-pattern-out", "--across-seeds-out"]),
+        (
+            "aggregate",
+            ["--scores", "--out", "--by-pattern-out", "--across-seeds-out", "--audit-out"],
+        ),
     ],
 )
 def test_help_documents_arguments(
@@ -311,3 +354,36 @@ def test_aggregate_refuses_duplicate_run_seed_step_but_not_other_seeds(tmp_path:
     (tmp_path / "b.json").write_text(json.dumps({**record, "seed": 2}))
     main([*args, "--out", str(tmp_path / "s.tsv")])
     assert len(pd.read_csv(tmp_path / "s.tsv", sep="\t")) == 2
+
+
+def test_aggregate_writes_detail_tables_per_seed(tmp_path: Path) -> None:
+    """Each DETAILS table: one row per (run, seed, step, key) with the scores' numbers."""
+    scores = []
+    for folder, step in (("base", 0), ("seed-7", 50)):
+        path = tmp_path / "runs" / "r" / folder / "samples" / f"step-{step}.jsonl"
+        _score(_write_samples(path, run="r", step=step), tmp_path / f"{step}.json")
+        scores.append(str(tmp_path / f"{step}.json"))
+    outs = {name: tmp_path / f"{name}.tsv" for name in DETAILS}
+    flags = [a for name, p in outs.items() for a in (f"--{name.replace('_', '-')}-out", str(p))]
+    main(["aggregate", "--scores", *scores, "--out", str(tmp_path / "s.tsv"), *flags])
+    read = {name: pd.read_csv(p, sep="\t", keep_default_na=False) for name, p in outs.items()}
+    k = read["pass_at_k"]
+    assert list(k.columns) == ["run", "seed", "step", "k", "pass_at_k"]
+    assert list(zip(k["seed"], k["step"], k["k"], strict=True)) == [
+        ("NA", 0, 1), ("NA", 0, 2), ("NA", 0, 3), ("7", 50, 1), ("7", 50, 2), ("7", 50, 3),
+    ]  # fmt: skip
+    assert list(k["pass_at_k"][:3]) == pytest.approx([1 / 3, 5 / 9, 2 / 3])
+    size = read["by_size"]
+    assert list(size.columns) == ["run", "seed", "step", "size", *BY_PATTERN_COLUMNS[4:]]
+    assert list(zip(size["step"], size["size"], size["n"], size["successes"], strict=True)) == [
+        (0, 3, 9, 3),
+        (50, 3, 9, 3),
+    ]
+    audit = read["audit"].set_index(["step", "category"])
+    assert list(read["audit"].columns) == ["run", "seed", "step", "category", "count", "n", "share"]
+    assert audit.loc[(50, "no_answer"), "count"] == 6
+    assert audit.loc[(50, "no_answer"), "share"] == pytest.approx(6 / 9)
+    assert audit.loc[(0, "foreign_number"), "count"] == 2
+    words = read["reflection_words"].set_index(["step", "word"])["per_completion"]
+    assert words[(50, "wait")] == pytest.approx(1 / 9) and words[(50, "but")] == 0
+    assert len(words) == 2 * 10

@@ -3,7 +3,9 @@
 One row per (run, seed, step) in the summary (seed NA: the run's step-0 baseline, shared by its
 seeds), one per (run, seed, step, operator pattern) in the by-pattern table, and one per (run,
 step) across seeds in results/summary_across_seeds.tsv; a (run, seed, step) scored twice is
-refused rather than averaged.
+refused rather than averaged. The details of a scores record (`score.DETAIL_FIELDS`: success
+by task size, the pass@k curve, the reward-hacking audit, reflection words) become long tables
+of their own, one row per (run, seed, step, key), which the figures draw.
 """
 
 from __future__ import annotations
@@ -64,6 +66,47 @@ def aggregate(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataF
         ["run", "seed", "step", "pattern"], kind="stable", na_position="first"
     ).reset_index(drop=True)
     return summary, by_pattern
+
+
+KEYS = ("run", "seed", "step")
+# detail table -> (scores field, key column, value columns); a value column named "" takes the
+# field's scalar value (pass@k, a word's count), otherwise the key's record holds the columns.
+DETAILS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "by_size": ("success_by_size", "size", BY_PATTERN_COLUMNS[4:]),
+    "pass_at_k": ("pass_at_k_curve", "k", ("pass_at_k",)),
+    "audit": ("audit", "category", ("count", "n", "share")),
+    "reflection_words": ("reflection_words", "word", ("per_completion",)),
+}
+
+
+def details(records: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """The long tables of DETAILS, sorted like the summary (baseline first)."""
+    import pandas as pd
+
+    tables = {}
+    for name, (field, key, values) in DETAILS.items():
+        rows = []
+        for r in records:
+            stats = r.get(field) or {}
+            for item, value in stats.items():
+                if field == "audit":
+                    if item == "n":
+                        continue
+                    value = {"count": value, "n": stats["n"], "share": value / stats["n"]}
+                elif not isinstance(value, dict):
+                    value = {values[0]: value}
+                item = int(item) if key in {"size", "k"} else item
+                rows.append({k: r.get(k) for k in KEYS} | {key: item, **value})
+        frame = pd.DataFrame(rows, columns=[*KEYS, key, *values])
+        ints = {c: "Int64" for c in ("seed", "step", key, "n", "successes", "count") if c in frame}
+        if key not in {"size", "k"}:
+            ints.pop(key)
+        tables[name] = (
+            frame.astype(ints)
+            .sort_values([*KEYS, key], kind="stable", na_position="first")
+            .reset_index(drop=True)
+        )
+    return tables
 
 
 ACROSS_SEEDS_COLUMNS = (
@@ -145,14 +188,23 @@ def cli(argv: list[str], prog: str) -> None:
         type=Path,
         help="optional TSV, one row per (run, step): mean over seeds with its t interval, pooled",
     )
+    for name, (field, key, _) in DETAILS.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}-out",
+            type=Path,
+            help=f"optional long TSV: run, seed, step, {key}, ... (the scores' {field})",
+        )
     args = parser.parse_args(argv)
     records = [json.loads(p.read_text(encoding="utf-8")) for p in args.scores]
     summary, by_pattern = aggregate(records)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    summary.to_csv(args.out, sep="\t", index=False, na_rep="NA")
-    if args.by_pattern_out is not None:
-        args.by_pattern_out.parent.mkdir(parents=True, exist_ok=True)
-        by_pattern.to_csv(args.by_pattern_out, sep="\t", index=False, na_rep="NA")
-    if args.across_seeds_out is not None:
-        args.across_seeds_out.parent.mkdir(parents=True, exist_ok=True)
-        across_seeds(summary).to_csv(args.across_seeds_out, sep="\t", index=False, na_rep="NA")
+    tables = {
+        args.out: summary,
+        args.by_pattern_out: by_pattern,
+        args.across_seeds_out: across_seeds(summary),
+    }
+    long = details(records)
+    tables |= {getattr(args, f"{name}_out"): long[name] for name in DETAILS}
+    for path, table in tables.items():
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(path, sep="\t", index=False, na_rep="NA")

@@ -11,10 +11,31 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aha.plot_style import (
+    configured_steps,
+    fit_share_axis,
+    footnote,
+    legend_below,
+    metric_panel,
+    note,
+    palette,
+    pd_concat,
+    percent,
+    pyplot,
+    save,
+    steps_axis,
+)
+from aha.plots_breakdowns import (
+    length_panel,
+    plot_audit,
+    plot_groups,
+    plot_pass_at_k,
+    plot_reflection,
+)
 from aha.report_inputs import (
     ReportOptions,
     RunInfo,
@@ -43,15 +64,20 @@ SEED_LABEL = "seed (Qwen2.5-3B): training-time observations, not held-out"
 FIGURES: dict[str, str] = {
     "success": "success rate and pass@k vs step",
     "patterns": "success by operator pattern",
-    "quality": "format rate, answers using the numbers, length, truncation vs step",
+    "sizes": "success by task size (3 or 4 numbers)",
+    "passk": "pass@k for k = 1..K at every checkpoint",
+    "quality": "format rate, answers using the numbers, length by outcome, truncation vs step",
     "behaviours": "aha behaviours vs step",
+    "reflection": "reflection words per completion and success with vs without them",
+    "audit": "reward-hacking audit: refused answers by category vs step",
     "training": "training curves (TRL log history)",
 }
+LENGTH_PANEL = "length by outcome"  # a QUALITY_PANELS column drawn by length_panel
 # summary.tsv columns drawn as "metric vs step" panels: (column, panel title, y label, share?).
 QUALITY_PANELS = (
     ("format_rate", "Format rate", "share of completions", True),
     ("numbers_ok_share", "Answer uses the given numbers", "share of completions", True),
-    ("tokens_mean", "Completion length", "tokens (mean)", False),
+    (LENGTH_PANEL, "Length: correct (solid) vs incorrect (dashed)", "tokens (mean)", False),
     ("truncated_share", "Truncated completions", "share of completions", True),
 )
 BEHAVIOUR_PANELS = (
@@ -71,153 +97,13 @@ MISSING_NOTES = {
     "kl": "KL not logged\n(TRL logs it only when beta > 0)",
 }
 REWARD_KEY = re.compile(r"^rewards/(?P<name>.+)/mean$")
-MAX_PATTERN_PANELS = 15
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    # Text stays text in the SVG: searchable, selectable and smaller than glyph paths.
-    plt.rcParams["svg.fonttype"] = "none"
-    plt.rcParams["svg.hashsalt"] = "aha-countdown"  # stable ids: reruns give identical files
-    return plt
-
-
-def palette(order: Sequence[str]) -> dict[str, Any]:
-    """One colour per run, the same in every figure."""
-    import seaborn as sns
-
-    return dict(zip(order, sns.color_palette("colorblind", max(len(order), 1)), strict=False))
-
-
-def _note(ax: Axes, text: str) -> None:
-    ax.text(
-        0.5,
-        0.5,
-        text,
-        transform=ax.transAxes,
-        ha="center",
-        va="center",
-        fontsize=10,
-        color="0.35",
-        wrap=True,
-        bbox={"boxstyle": "round", "facecolor": "0.96", "edgecolor": "0.8"},
-    )
-
-
-def _footnote(fig: Figure, text: str) -> None:
-    """A note under the panels (above the legend); constrained layout keeps room for it."""
-    if text:
-        fig.supxlabel(text, fontsize=9, color="#9a6700")
-
-
-def configured_steps(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> list[int]:
-    """Every configured step and every scored one: the x ticks, so a missing step shows a gap."""
-    return sorted({s for r in runs.values() for s in r.steps} | set(summary["step"].astype(int)))
-
-
-def _steps_axis(ax: Axes, steps: Iterable[int]) -> None:
-    ticks = sorted(set(steps))
-    if ticks:
-        ax.set_xticks(ticks)
-        pad = (ticks[-1] - ticks[0]) * 0.04 or 0.5
-        ax.set_xlim(ticks[0] - pad, ticks[-1] + pad)
-    ax.set_xlabel("training step (0 = base model)")
-
-
-def _metric_panel(
-    ax: Axes,
-    summary: pd.DataFrame,
-    column: str,
-    order: Sequence[str],
-    colours: Mapping[str, Any],
-    share: bool,
-    ticks: Sequence[int],
-    band: tuple[str, str] | None = None,
-) -> bool:
-    """`column` vs step, one line per run; an interval band when `band` names lo/hi columns.
-
-    False (and a note on the panel) when there is nothing to draw.
-    """
-    import seaborn as sns
-
-    _steps_axis(ax, ticks)
-    if share:
-        ax.set_ylim(-0.02, 1.02)
-        ax.yaxis.set_major_formatter(_percent())
-    if summary.empty:
-        _note(ax, "no scored checkpoint yet")
-        return False
-    if column not in summary:
-        _note(ax, f"no column {column!r} in summary.tsv")
-        return False
-    data = summary.dropna(subset=[column])
-    if data.empty:
-        _note(ax, "no scored checkpoint yet")
-        return False
-    hue_order = [r for r in order if r in set(data["run"])]
-    sns.lineplot(
-        data=data,
-        x="step",
-        y=column,
-        hue="run",
-        hue_order=hue_order,
-        palette=colours,
-        marker="o",
-        errorbar=None,
-        ax=ax,
-    )
-    if band and set(band) <= set(data.columns):
-        for run, part in data.groupby("run", sort=False):
-            part = part.dropna(subset=list(band)).sort_values("step")
-            ax.fill_between(
-                part["step"], part[band[0]], part[band[1]], color=colours[run], alpha=0.18, lw=0
-            )
-            ax.vlines(part["step"], part[band[0]], part[band[1]], color=colours[run], lw=1.2)
-    _steps_axis(ax, ticks)  # seaborn may have autoscaled
-    return True
-
-
-def fit_share_axis(ax: Axes) -> None:
-    """A share axis from 0 to a little above what is drawn (at most 100%): 3% and 8% must look
-    different. Called after everything on the panel is drawn, seed stars included."""
-    lines = [y for line in ax.get_lines() for y in map(float, line.get_ydata()) if y == y]
-    shapes = [float(y) for c in ax.collections for y in c.get_datalim(ax.transData).intervaly]
-    top = max([0.0, *lines, *(y for y in shapes if abs(y) != float("inf"))])
-    top = min(1.0, max(0.05, top * 1.15))
-    ax.set_ylim(-0.02 * top, top + 0.02 * top)
-
-
-def _percent() -> Any:
-    from matplotlib.ticker import PercentFormatter
-
-    return PercentFormatter(xmax=1.0, decimals=0)
-
-
-def _legend_below(fig: Figure, axes: Sequence[Axes]) -> None:
-    """One legend for the figure, gathered from every panel (runs, baselines, seed points)."""
-    handles, labels = [], []
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels and not lab.startswith("_"):
-                handles.append(h)
-                labels.append(lab)
-        if ax.get_legend() is not None:
-            ax.get_legend().remove()
-    if handles:
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3)
 
 
 def plot_success(
     summary: pd.DataFrame, runs: Mapping[str, RunInfo], options: ReportOptions
 ) -> Figure:
     """Success rate (95% Wilson band) and pass@k vs step, step-0 baselines, seed reference."""
-    plt = _pyplot()
+    plt = pyplot()
     order = run_order(summary, runs)
     colours = palette(order)
     seed = options.seed_reference and any(r.seed_comparable for r in runs.values())
@@ -230,15 +116,15 @@ def plot_success(
     if seed:
         xs, ys = zip(*SEED_REFERENCE, strict=True)
         ax.scatter(xs, ys, marker="*", s=180, color="black", zorder=5, label=SEED_LABEL)
-    drawn_k = _metric_panel(ax_k, summary, "pass_at_k", order, colours, True, ticks)
+    drawn_k = metric_panel(ax_k, summary, "pass_at_k", order, colours, True, ticks)
     for panel in (ax, ax_k):
         fit_share_axis(panel)
     ks = sorted({int(k) for k in summary.get("k", []) if k == k}) if drawn_k else []
     k_text = "/".join(map(str, ks)) if ks else "k"
     ax_k.set_title(f"pass@{k_text} (any of {k_text} samples per prompt correct)")
     ax_k.set_ylabel(f"pass@{k_text}")
-    _legend_below(fig, [ax, ax_k])
-    _footnote(fig, describe_missing(missing_steps(summary, runs)))
+    legend_below(fig, [ax, ax_k])
+    footnote(fig, describe_missing(missing_steps(summary, runs)))
     fig.suptitle("Does GRPO teach the model to solve Countdown?")
     return fig
 
@@ -256,11 +142,11 @@ def success_panel(
     line: it is every seed's step 0. False (and a note) when nothing is scored."""
     from aha.aggregate import across_seeds
 
-    _steps_axis(ax, ticks)
-    ax.yaxis.set_major_formatter(_percent())
+    steps_axis(ax, ticks)
+    ax.yaxis.set_major_formatter(percent())
     data = summary.dropna(subset=["success_rate"]) if "success_rate" in summary else summary[:0]
     if data.empty or "n_completions" not in data:
-        _note(ax, "no scored checkpoint yet")
+        note(ax, "no scored checkpoint yet")
         return False
     seeds = data["seed"] if "seed" in data else data["step"] * float("nan")
     base = data[seeds.isna() & (data["step"] == 0)]
@@ -289,16 +175,8 @@ def success_panel(
                 lw=1.2,
                 label=f"{run} step 0 (base model)",
             )
-    _steps_axis(ax, ticks)
+    steps_axis(ax, ticks)
     return True
-
-
-def pd_concat(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate, skipping empty frames (pandas warns on them)."""
-    import pandas as pd
-
-    kept = [f for f in frames if len(f)]
-    return pd.concat(kept, ignore_index=True) if kept else frames[0]
 
 
 def _panels_figure(
@@ -307,17 +185,20 @@ def _panels_figure(
     panels: Sequence[tuple[str, str, str, bool]],
     title: str,
 ) -> Figure:
-    plt = _pyplot()
+    plt = pyplot()
     order = run_order(summary, runs)
     colours = palette(order)
     ticks = configured_steps(summary, runs)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), layout="constrained")
     for ax, (column, panel_title, ylabel, share) in zip(axes, panels, strict=True):
-        _metric_panel(ax, summary, column, order, colours, share, ticks)
+        if column == LENGTH_PANEL:
+            length_panel(ax, summary, order, colours, ticks)
+        else:
+            metric_panel(ax, summary, column, order, colours, share, ticks)
         ax.set_title(panel_title)
         ax.set_ylabel(ylabel)
-    _legend_below(fig, axes)
-    _footnote(fig, describe_missing(missing_steps(summary, runs)))
+    legend_below(fig, axes)
+    footnote(fig, describe_missing(missing_steps(summary, runs)))
     fig.suptitle(title)
     return fig
 
@@ -348,7 +229,7 @@ def plot_training(
 ) -> Figure:
     """Training curves from TRL's log history: raw (thin) per seed, and per run the mean over
     seeds of each seed's rolling mean (thick)."""
-    plt = _pyplot()
+    plt = pyplot()
     import pandas as pd
     import seaborn as sns
 
@@ -365,7 +246,7 @@ def plot_training(
         ax.set_title(title)
         data = log[log["metric"] == key].sort_values(["run", "seed", "step"])
         if data.empty:
-            _note(ax, MISSING_NOTES.get(key, "not logged") if len(log) else "no training log yet")
+            note(ax, MISSING_NOTES.get(key, "not logged") if len(log) else "no training log yet")
             ax.set_xticks([])
             ax.set_yticks([])
             continue
@@ -392,78 +273,11 @@ def plot_training(
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
-    _legend_below(fig, flat)
+    legend_below(fig, flat)
     if empty_runs:
-        _footnote(fig, "No training log yet (not run, or empty): " + ", ".join(empty_runs))
+        footnote(fig, "No training log yet (not run, or empty): " + ", ".join(empty_runs))
     fig.suptitle("Training curves (TRL log history; thick: rolling mean)")
     return fig
-
-
-def plot_patterns(by_pattern: pd.DataFrame, runs: Mapping[str, RunInfo]) -> Figure:
-    """Success per operator pattern vs step: a rise confined to one pattern is a shortcut."""
-    plt = _pyplot()
-    import seaborn as sns
-
-    if by_pattern.empty or "pattern" not in by_pattern:
-        fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
-        _note(ax, "no success-by-pattern table (results/summary_by_pattern.tsv) yet")
-        ax.set_axis_off()
-        fig.suptitle("Success by operator pattern")
-        return fig
-    order = run_order(by_pattern, runs)
-    colours = palette(order)
-    ticks = configured_steps(by_pattern, runs)
-    counts = by_pattern.groupby("pattern")["n"].sum().sort_values(ascending=False)
-    shown = list(counts.index[:MAX_PATTERN_PANELS])
-    ncols = min(5, len(shown))
-    nrows = math.ceil(len(shown) / ncols)
-    fig, axes = plt.subplots(
-        nrows,
-        ncols,
-        figsize=(3.4 * ncols, 3.0 * nrows + 0.6),
-        layout="constrained",
-        squeeze=False,
-        sharey=True,
-    )
-    for ax, pattern in zip(axes.flat, shown, strict=False):
-        data = by_pattern[by_pattern["pattern"] == pattern].dropna(subset=["success_rate"])
-        sns.lineplot(
-            data=data,
-            x="step",
-            y="success_rate",
-            hue="run",
-            hue_order=[r for r in order if r in set(data["run"])],
-            palette=colours,
-            marker="o",
-            errorbar=None,
-            ax=ax,
-        )
-        for run, part in data.groupby("run", sort=False):
-            ax.vlines(part["step"], part["success_lo"], part["success_hi"], color=colours[run])
-        ax.set_title(f"pattern {pattern} (n = {int(counts[pattern])})")
-        ax.set_ylim(-0.02, 1.02)
-        ax.yaxis.set_major_formatter(_percent())
-        _steps_axis(ax, ticks)
-        ax.set_xlabel("step")
-        ax.set_ylabel("success rate")
-    for ax in list(axes.flat)[len(shown) :]:
-        ax.set_visible(False)
-    _legend_below(fig, list(axes.flat))
-    left_out = len(counts) - len(shown)
-    notes = [f"{left_out} rarer patterns not shown"] if left_out else []
-    _footnote(fig, "\n".join([*notes, describe_missing(missing_steps(by_pattern, runs))]).strip())
-    fig.suptitle(
-        "Success by operator pattern (95% intervals; n = completions of all runs and steps)"
-    )
-    return fig
-
-
-def save(fig: Figure, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="svg", bbox_inches="tight", metadata={"Date": None})
-    plt.close(fig)
 
 
 def cli(argv: list[str], prog: str) -> None:
@@ -471,7 +285,12 @@ def cli(argv: list[str], prog: str) -> None:
         prog=prog, description="Seaborn SVG figures of the report (missing inputs become notes)."
     )
     add_input_arguments(parser)
-    parser.add_argument("--by-pattern", type=Path, help="results/summary_by_pattern.tsv (optional)")
+    tables = parser.add_argument_group("long tables of `aggregate` (optional: a note if absent)")
+    tables.add_argument("--by-pattern", type=Path, help="results/summary_by_pattern.tsv")
+    tables.add_argument("--by-size", type=Path, help="results/summary_by_size.tsv")
+    tables.add_argument("--pass-at-k-table", type=Path, help="results/pass_at_k.tsv")
+    tables.add_argument("--audit-table", type=Path, help="results/audit.tsv")
+    tables.add_argument("--reflection-table", type=Path, help="results/reflection_words.tsv")
     parser.add_argument(
         "--train-log",
         nargs=3,
@@ -504,4 +323,18 @@ def cli(argv: list[str], prog: str) -> None:
     save(plot_quality(summary, runs), args.quality)
     save(plot_behaviours(summary, runs), args.behaviours)
     save(plot_training(log, runs, empty), args.training)
-    save(plot_patterns(by_pattern, runs), args.patterns)
+    save(
+        plot_groups(
+            by_pattern, runs, "pattern", "operator pattern", "results/summary_by_pattern.tsv"
+        ),
+        args.patterns,
+    )
+    save(
+        plot_groups(
+            read_summary(args.by_size), runs, "size", "task size", "results/summary_by_size.tsv"
+        ),
+        args.sizes,
+    )
+    save(plot_pass_at_k(read_summary(args.pass_at_k_table), runs), args.passk)
+    save(plot_reflection(summary, read_summary(args.reflection_table), runs), args.reflection)
+    save(plot_audit(read_summary(args.audit_table), runs), args.audit)

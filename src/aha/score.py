@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aha import behaviours, jsonl, metrics
+from aha import audit, behaviours, jsonl, metrics
 
 # Columns of results/summary.tsv, in order; also the scalar fields of a scores JSON.
 # `seed` is the replicate's (runs.<run>.seeds); empty (NA) for a run's shared step-0 baseline.
@@ -37,6 +37,20 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "verify_share",
     "backtrack_share",
     "candidates_mean",
+    "tokens_mean_correct",
+    "tokens_mean_incorrect",
+    "reflection_words_mean",
+    "reflection_share",
+    "success_with_reflection",
+    "success_without_reflection",
+)
+# Nested fields of a scores JSON, each a long table of `aggregate` (see there).
+DETAIL_FIELDS: tuple[str, ...] = (
+    "success_by_pattern",
+    "success_by_size",
+    "pass_at_k_curve",
+    "audit",
+    "reflection_words",
 )
 REQUIRED_KEYS = (
     "run",
@@ -72,12 +86,39 @@ def check_identity(path: Path, samples: Sequence[dict[str, Any]], run: str, step
 def score(
     samples: Sequence[dict[str, Any]], run: str, step: int, seed: int | None = None
 ) -> dict[str, Any]:
-    """The scores record of one (run, seed, step): SUMMARY_COLUMNS plus success_by_pattern.
+    """The scores record of one (run, seed, step): SUMMARY_COLUMNS plus DETAIL_FIELDS.
     `seed` None: a run's step-0 baseline, shared by all its seeds."""
     summary = metrics.summarize(samples)
     aha = behaviours.summarize(s["text"] for s in samples)
-    record = {"run": run, "seed": seed, "step": step, **summary, **aha}
-    return {key: record[key] for key in (*SUMMARY_COLUMNS, "success_by_pattern")}
+    lengths = metrics.length_by_outcome(samples)
+    reflection = behaviours.reflection_summary(samples)
+    has_tasks = bool(samples) and all("nums" in s and "target" in s for s in samples)
+    record = {
+        "run": run,
+        "seed": seed,
+        "step": step,
+        **summary,
+        **aha,
+        "tokens_mean_correct": lengths["correct"]["tokens_mean"],
+        "tokens_mean_incorrect": lengths["incorrect"]["tokens_mean"],
+        "reflection_words_mean": reflection["words_per_completion"],
+        "reflection_share": reflection["share_with_any"],
+        "success_with_reflection": reflection["success_with"],
+        "success_without_reflection": reflection["success_without"],
+        # JSON keys are strings: sizes and k as text, read back as integers by `aggregate`
+        "success_by_size": {
+            str(size): stats for size, stats in metrics.success_by_size(samples).items()
+        }
+        if has_tasks
+        else {},
+        "pass_at_k_curve": {
+            str(k): value
+            for k, value in metrics.pass_at_k_curve(samples, summary["k"] or 1).items()
+        },
+        "audit": audit.audit_summary(samples) if has_tasks else {},
+        "reflection_words": reflection["per_word"] if samples else {},
+    }
+    return {key: record[key] for key in (*SUMMARY_COLUMNS, *DETAIL_FIELDS)}
 
 
 def cli(argv: list[str], prog: str) -> None:

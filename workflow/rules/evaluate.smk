@@ -1,6 +1,8 @@
 # Sample every replicate's checkpoints (and, once per run, step 0: the untrained model) on the
 # fixed eval split, score them, and collect one row per (run, seed, step) into
-# results/summary.tsv and one per (run, step) across seeds into results/summary_across_seeds.tsv.
+# results/summary.tsv and one per (run, step) across seeds into results/summary_across_seeds.tsv;
+# the long tables beside them (by task size, pass@k curve, audit, reflection words) feed the
+# report's figures.
 
 
 rule sample:
@@ -84,6 +86,10 @@ rule aggregate:
         summary="results/summary.tsv",
         by_pattern="results/summary_by_pattern.tsv",
         across_seeds="results/summary_across_seeds.tsv",
+        by_size="results/summary_by_size.tsv",
+        pass_at_k="results/pass_at_k.tsv",
+        audit="results/audit.tsv",
+        reflection_words="results/reflection_words.tsv",
     log:
         "logs/aggregate/aggregate.log",
     conda:
@@ -91,4 +97,6 @@ rule aggregate:
     shell:
         "python -m aha aggregate --scores {input} --out {output.summary} "
         "--by-pattern-out {output.by_pattern} --across-seeds-out {output.across_seeds} "
+        "--by-size-out {output.by_size} --pass-at-k-out {output.pass_at_k} "
+        "--audit-out {output.audit} --reflection-words-out {output.reflection_words} "
         "> {log} 2>&1"

@@ -12,9 +12,21 @@ CAPTION = "../report/{}.rst"
 FIGURES = {
     "success": "results/plots/success.svg",
     "patterns": "results/plots/success_by_pattern.svg",
+    "sizes": "results/plots/success_by_size.svg",
+    "passk": "results/plots/pass_at_k.svg",
     "quality": "results/plots/format_length.svg",
     "behaviours": "results/plots/behaviours.svg",
+    "reflection": "results/plots/reflection.svg",
+    "audit": "results/plots/audit.svg",
     "training": "results/plots/training.svg",
+}
+# rule aggregate's long tables (evaluate.smk) -> the `plots` option that reads each
+TABLES = {
+    "--by-pattern": "results/summary_by_pattern.tsv",
+    "--by-size": "results/summary_by_size.tsv",
+    "--pass-at-k-table": "results/pass_at_k.tsv",
+    "--audit-table": "results/audit.tsv",
+    "--reflection-table": "results/reflection_words.tsv",
 }
 SUMMARY_PAGE = "results/tables/summary.html"
 ENVIRONMENT_PAGE = "results/tables/environment.html"
@@ -52,7 +64,7 @@ report_files = lambda runs: [
 rule plots:
     input:
         summary="results/summary.tsv",
-        by_pattern="results/summary_by_pattern.tsv",
+        tables=list(TABLES.values()),
         train_logs=[path for _, _, path in TRAIN_LOGS],
     output:
         success=report(
@@ -69,6 +81,20 @@ rule plots:
             subcategory="Figures",
             labels={"figure": "success by operator pattern"},
         ),
+        sizes=report(
+            FIGURES["sizes"],
+            caption=CAPTION.format("success_by_size"),
+            category="1. Success",
+            subcategory="Figures",
+            labels={"figure": "success by task size"},
+        ),
+        passk=report(
+            FIGURES["passk"],
+            caption=CAPTION.format("pass_at_k"),
+            category="1. Success",
+            subcategory="Figures",
+            labels={"figure": "pass@k curves, k = 1..K"},
+        ),
         quality=report(
             FIGURES["quality"],
             caption=CAPTION.format("format_length"),
@@ -83,6 +109,20 @@ rule plots:
             subcategory="Figures",
             labels={"figure": "aha behaviours vs step"},
         ),
+        reflection=report(
+            FIGURES["reflection"],
+            caption=CAPTION.format("reflection"),
+            category="2. Completions",
+            subcategory="Figures",
+            labels={"figure": "reflection words vs step"},
+        ),
+        audit=report(
+            FIGURES["audit"],
+            caption=CAPTION.format("audit"),
+            category="2. Completions",
+            subcategory="Figures",
+            labels={"figure": "reward-hacking audit vs step"},
+        ),
         training=report(
             FIGURES["training"],
             caption=CAPTION.format("training"),
@@ -94,16 +134,16 @@ rule plots:
         runs=lambda wc: as_json(runs_argument(config)),
         report=lambda wc: as_json(config["report"]),
         train_logs=repeated("--train-log", TRAIN_LOGS),
+        tables=" ".join(f"{flag} {path}" for flag, path in TABLES.items()),
+        figures=lambda wc, output: " ".join(f"--{name} {output[name]}" for name in FIGURES),
     log:
         "logs/plots/plots.log",
     conda:
         "../envs/aha.yaml"
     shell:
-        "MPLBACKEND=Agg python -m aha plots --summary {input.summary} "
-        "--by-pattern {input.by_pattern} {params.train_logs} --runs {params.runs:q} "
-        "--report {params.report:q} --success {output.success} --patterns {output.patterns} "
-        "--quality {output.quality} --behaviours {output.behaviours} "
-        "--training {output.training} > {log} 2>&1"
+        "MPLBACKEND=Agg python -m aha plots --summary {input.summary} {params.tables} "
+        "{params.train_logs} --runs {params.runs:q} --report {params.report:q} "
+        "{params.figures} > {log} 2>&1"
 
 
 rule tables:
