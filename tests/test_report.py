@@ -224,9 +224,10 @@ def test_runs_argument_round_trips_through_parse_runs() -> None:
         },
     }
     runs = report_inputs.parse_runs(json.dumps(report_inputs.runs_argument(config)))
+    # no `seeds` and no seed anywhere: the one replicate has the schema's top-level seed, 42
     assert runs == {
-        "a": report_inputs.RunInfo("a", (0, 50, 100), "hub", "Qwen/Qwen2.5-3B-Instruct"),
-        "b": report_inputs.RunInfo("b", (0, 2), "tiny", "Qwen/Qwen2.5-3B-Instruct"),
+        "a": report_inputs.RunInfo("a", (0, 50, 100), "hub", QWEN["name_or_path"], (42,)),
+        "b": report_inputs.RunInfo("b", (0, 2), "tiny", QWEN["name_or_path"], (42,)),
     }
     assert runs["a"].seed_comparable and not runs["b"].seed_comparable
 
@@ -276,7 +277,26 @@ def test_missing_steps_and_run_order() -> None:
     summary = pd.DataFrame({"run": ["b", "b", "z"], "step": [0, 4, 0]})
     missing = report_inputs.missing_steps(summary, runs)
     assert missing == {"b": [2], "a": [0]}
-    assert report_inputs.describe_missing(missing) == (
+    assert report_inputs.describe_missing(report_inputs.missing_scores(summary, runs), runs) == (
         "Missing (not run yet, or failed): b step 2; a step 0"
     )
     assert report_inputs.run_order(summary, runs) == ["b", "a", "z"]  # config order, then data
+
+
+def test_missing_scores_name_the_seed() -> None:
+    """Step 0 once per run; every later step once per seed: one seed lost at a step is said."""
+    import pandas as pd
+
+    runs = report_inputs.parse_runs('{"r": {"steps": [0, 50, 100], "seeds": [42, 43]}}')
+    summary = pd.DataFrame({"run": ["r"] * 4, "seed": [None, 42, 43, 42], "step": [0, 50, 50, 100]})
+    missing = report_inputs.missing_scores(summary, runs)
+    assert missing == {"r": [(100, 43)]}
+    assert report_inputs.missing_steps(summary, runs) == {"r": [100]}
+    assert report_inputs.describe_missing(missing, runs) == (
+        "Missing (not run yet, or failed): r step 100 (seed 43)"
+    )
+    no_base = summary[summary["step"] > 0]
+    assert report_inputs.missing_scores(no_base, runs) == {"r": [(0, None), (100, 43)]}
+    assert report_inputs.describe_missing(
+        report_inputs.missing_scores(summary[:1], runs), runs
+    ) == ("Missing (not run yet, or failed): r step 50, 100")

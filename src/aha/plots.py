@@ -41,7 +41,7 @@ from aha.report_inputs import (
     RunInfo,
     add_input_arguments,
     describe_missing,
-    missing_steps,
+    missing_scores,
     parse_options,
     parse_runs,
     paths_by_run_step,
@@ -124,7 +124,7 @@ def plot_success(
     ax_k.set_title(f"pass@{k_text} (any of {k_text} samples per prompt correct)")
     ax_k.set_ylabel(f"pass@{k_text}")
     legend_below(fig, [ax, ax_k])
-    footnote(fig, describe_missing(missing_steps(summary, runs)))
+    footnote(fig, describe_missing(missing_scores(summary, runs), runs))
     fig.suptitle("Does GRPO teach the model to solve Countdown?")
     return fig
 
@@ -198,7 +198,7 @@ def _panels_figure(
         ax.set_title(panel_title)
         ax.set_ylabel(ylabel)
     legend_below(fig, axes)
-    footnote(fig, describe_missing(missing_steps(summary, runs)))
+    footnote(fig, describe_missing(missing_scores(summary, runs), runs))
     fig.suptitle(title)
     return fig
 

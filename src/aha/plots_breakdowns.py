@@ -28,7 +28,7 @@ from aha.plot_style import (
     pyplot,
     steps_axis,
 )
-from aha.report_inputs import RunInfo, describe_missing, missing_steps, run_order
+from aha.report_inputs import RunInfo, describe_missing, missing_scores, run_order
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -145,7 +145,7 @@ def plot_groups(
     legend_below(fig, list(axes.flat))
     left_out = len(counts) - len(shown)
     notes = [f"{left_out} rarer {label}s not shown"] if left_out else []
-    footnote(fig, "\n".join([*notes, describe_missing(missing_steps(pooled, runs))]).strip())
+    footnote(fig, "\n".join([*notes, describe_missing(missing_scores(pooled, runs), runs)]).strip())
     fig.suptitle(
         f"{title} (seeds pooled, 95% Wilson intervals; n = completions of all runs and steps)"
     )
@@ -249,7 +249,7 @@ def plot_reflection(
         fit_share_axis(ax)
     _word_heatmap(axes[3], words, order)
     legend_below(fig, list(axes[:3]))
-    footnote(fig, describe_missing(missing_steps(summary, runs)))
+    footnote(fig, describe_missing(missing_scores(summary, runs), runs))
     fig.suptitle("Reflection words in the thinking (wait, mistake, however, but, retry, ...)")
     return fig
 
@@ -328,6 +328,6 @@ def plot_audit(audit: pd.DataFrame, runs: Mapping[str, RunInfo]) -> Figure:
         ax.set_title(AUDIT_TITLES[category])
         ax.set_ylabel("share of completions")
     legend_below(fig, list(axes.flat))
-    footnote(fig, describe_missing(missing_steps(pooled, runs)))
+    footnote(fig, describe_missing(missing_scores(pooled, runs), runs))
     fig.suptitle(f"{title} (seeds pooled; an answer may be in several categories)")
     return fig

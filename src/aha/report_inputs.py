@@ -31,6 +31,7 @@ class RunInfo:
     steps: tuple[int, ...]
     model_source: str
     model_name: str
+    seeds: tuple[int, ...] = ()  # the replicate seeds; () when --runs does not say
 
     @property
     def model_label(self) -> str:
@@ -61,13 +62,15 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runs",
         required=True,
-        help='JSON {run: {"steps": [0, ...], "model": {"source", "name_or_path"}}}',
+        help='JSON {run: {"steps": [0, ...], "seeds": [42, ...], "model": {"source", '
+        '"name_or_path"}}}',
     )
     parser.add_argument("--report", default="{}", help="the report config section as JSON")
 
 
 def parse_runs(text: str) -> dict[str, RunInfo]:
-    """`{"run": {"steps": [0, 50], "model": {"source": "hub", "name_or_path": "..."}}}`."""
+    """`{"run": {"steps": [0, 50], "seeds": [42], "model": {"source": "hub", "name_or_path":
+    "..."}}}`; `seeds` is optional."""
     raw = json.loads(text)
     if not isinstance(raw, dict):
         raise ValueError("--runs: expected a JSON object {run: {steps, model}}")
@@ -76,7 +79,11 @@ def parse_runs(text: str) -> dict[str, RunInfo]:
         model = spec.get("model") or {}
         run_steps = tuple(int(s) for s in spec.get("steps", [0]))
         runs[name] = RunInfo(
-            name, run_steps, str(model.get("source", "")), str(model.get("name_or_path", ""))
+            name,
+            run_steps,
+            str(model.get("source", "")),
+            str(model.get("name_or_path", "")),
+            tuple(int(s) for s in spec.get("seeds", ())),
         )
     return runs
 
@@ -133,13 +140,14 @@ def runs_argument(config: Mapping[str, Any]) -> dict[str, Any]:
 
     Built by the rules from the validated config, so both stages see the configured runs.
     """
-    from aha.config import run_view, steps
+    from aha.config import run_seeds, run_view, steps
 
     out = {}
     for run in config["runs"]:
         model = run_view(dict(config), run)["model"]
         out[run] = {
             "steps": steps(dict(config), run),
+            "seeds": run_seeds(dict(config), run),
             "model": {k: model.get(k) for k in ("source", "name_or_path")},
         }
     return out
@@ -212,19 +220,61 @@ def _decidable(sample: Mapping[str, Any]) -> bool:
 # ----------------------------------------------------------------------------- what is there
 
 
-def missing_steps(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> dict[str, list[int]]:
-    """Configured (run, step) pairs without a scored row: not run yet, or failed."""
-    have = set(zip(summary["run"], summary["step"].astype(int), strict=True))
+def missing_scores(
+    summary: pd.DataFrame, runs: Mapping[str, RunInfo]
+) -> dict[str, list[tuple[int, int | None]]]:
+    """Configured (step, seed) pairs of each run without a scored row: not run yet, or failed.
+
+    Step 0 is the run's one baseline (seed None); every other step is expected once per seed
+    of the run. A summary without seeds (or runs without them) is matched on the step alone.
+    """
+    by_seed = "seed" in summary.columns and len(summary) > 0
+    have = set()
+    for _, row in summary.iterrows():
+        seed = row["seed"] if by_seed else None
+        have.add(
+            (row["run"], int(row["step"]), None if seed is None or seed != seed else int(seed))
+        )
+    steps_only = {(run, step) for run, step, _ in have}
     missing = {}
     for run in runs.values():
-        lost = [s for s in run.steps if (run.name, s) not in have]
+        lost: list[tuple[int, int | None]] = []
+        for step in run.steps:
+            if step == 0 or not (by_seed and run.seeds):
+                lost += [] if (run.name, step) in steps_only else [(step, None)]
+            else:
+                lost += [(step, s) for s in run.seeds if (run.name, step, s) not in have]
         if lost:
             missing[run.name] = lost
     return missing
 
 
-def describe_missing(missing: Mapping[str, Sequence[int]]) -> str:
-    parts = [f"{run} step {', '.join(map(str, steps))}" for run, steps in missing.items()]
+def missing_steps(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> dict[str, list[int]]:
+    """Configured steps of each run with at least one replicate unscored."""
+    return {
+        run: sorted({step for step, _ in pairs})
+        for run, pairs in missing_scores(summary, runs).items()
+    }
+
+
+def describe_missing(
+    missing: Mapping[str, Sequence[tuple[int, int | None]]], runs: Mapping[str, RunInfo]
+) -> str:
+    """One line naming what `missing_scores` found: a step whose every seed is missing by its
+    step alone, a step missing some seeds with those seeds."""
+    parts = []
+    for run, pairs in missing.items():
+        seeds = set(runs[run].seeds) if run in runs else set()
+        by_step: dict[int, list[int]] = {}
+        for step, seed in pairs:
+            by_step.setdefault(step, []).extend([] if seed is None else [seed])
+        words = [
+            str(step)
+            if not lost or set(lost) == seeds
+            else f"{step} (seed {', '.join(map(str, lost))})"
+            for step, lost in by_step.items()
+        ]
+        parts.append(f"{run} step {', '.join(words)}")
     return "Missing (not run yet, or failed): " + "; ".join(parts) if parts else ""
 
 
