@@ -58,6 +58,10 @@ CAPTIONS = {
     "success_by_pattern.svg": "Success by operator pattern.",
     "format_length.svg": "Format, answers and length of completions vs step.",
     "behaviours.svg": "behaviours vs step",
+    "success_by_size.svg": "Success by task size.",
+    "pass_at_k.svg": "curves at every checkpoint.",  # docutils writes @ as &#64;
+    "reflection.svg": "Reflection words vs step.",
+    "audit.svg": "Reward-hacking audit.",
     "training.svg": "Training curves",
     "summary.html": "Every metric per run and checkpoint",
     "environment.html": "Software versions",
@@ -356,6 +360,7 @@ def test_report_rules_render_in_browser(tmp_path: Path, browser: DevTools) -> No
     seen = check_report(browser, report, tmp_path / "shots")
     expected = {
         "success.svg", "success_by_pattern.svg", "format_length.svg", "behaviours.svg",
+        "success_by_size.svg", "pass_at_k.svg", "reflection.svg", "audit.svg",
         "training.svg", "summary.html", "environment.html", "examples-qwen-a.html",
         "examples-tiny-b.html",
     }  # fmt: skip
