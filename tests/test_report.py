@@ -159,13 +159,14 @@ def train_log_args(results: Path, runs: dict, seeds: dict | None = None) -> list
 
 
 def samples_args(results: Path, runs: dict, seeds: dict | None = None) -> list[str]:
-    """`--samples RUN STEP PATH` per configured step, as report.smk passes them: step 0 from
-    the run's baseline, every other step from its first seed."""
+    """`--samples RUN SEED STEP PATH` per samples file, as report.smk passes them: step 0 once
+    per run from its baseline (SEED `base`), every other step once per seed; `seeds`: {run:
+    [seeds]}, default [42] each."""
     files = [
-        (run, step, sample_path(results, run, step, None if step == 0 else first))
+        (run, "base" if step == 0 else seed, step, sample_path(results, run, step, seed))
         for run, spec in runs.items()
-        for first in [(seeds or {}).get(run, [42])[0]]
         for step in spec["steps"]
+        for seed in ([None] if step == 0 else (seeds or {}).get(run, [42]))
     ]
     return shlex.split(report_inputs.repeated("--samples", files))
 

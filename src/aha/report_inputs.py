@@ -50,6 +50,7 @@ class ReportOptions:
 
     examples_per_checkpoint: int = 3
     seed_reference: bool = True
+    explorer_per_checkpoint: int = 10
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -86,6 +87,7 @@ def parse_options(text: str) -> ReportOptions:
     return ReportOptions(
         examples_per_checkpoint=int(raw.get("examples_per_checkpoint", 3)),
         seed_reference=bool(raw.get("seed_reference", True)),
+        explorer_per_checkpoint=int(raw.get("explorer_per_checkpoint", 10)),
     )
 
 
