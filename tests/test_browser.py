@@ -373,3 +373,56 @@ def test_tiny_dag_report_in_browser(tiny_dag: Path, tmp_path: Path, browser: Dev
     seen = check_report(browser, tiny_dag / "results" / "report.html", tmp_path / "shots")
     for name in ("success.svg", "behaviours.svg", "training.svg", "summary.html"):
         assert name in seen["names"]
+
+
+def test_examples_explorer_filters(tmp_path: Path, browser: DevTools) -> None:
+    """An examples page on its own: its one script runs under the page's CSP (no error logged,
+    no dialog from the hostile completions), draws model text as text, and every menu changes
+    what is listed and the count."""
+    from tests.test_tables import embedded, explorer_pages
+
+    page = explorer_pages(tmp_path, [42, 43, 44])
+    items = embedded(page.read_text(encoding="utf-8"))
+    browser.open_page(page.resolve().as_uri())
+    count = "document.getElementById('count').textContent"
+    assert browser.wait_for(count) == f"showing {len(items)} of {len(items)}"
+    assert browser.evaluate(
+        "document.getElementById('static').hidden && !document.getElementById('explorer').hidden"
+    )
+    assert browser.evaluate("document.querySelectorAll('img, #list script').length") == 0
+    text = browser.evaluate("document.getElementById('list').innerText")
+    assert "<script>alert('pwned')</script><img src=x onerror=alert(1)>" in text
+
+    chosen = {"f-step": "all", "f-seed": "all", "f-success": "all", "f-behaviour": "any"}
+
+    def wanted(item: dict[str, Any]) -> bool:
+        return (
+            chosen["f-step"] in {"all", str(item["step"])}
+            and chosen["f-seed"] in {"all", item["seed"]}
+            and chosen["f-success"] in {"all", "successful" if item["ok"] else "failed"}
+            and (chosen["f-behaviour"] == "any" or item["flags"][chosen["f-behaviour"]])
+        )
+
+    steps = [
+        ("f-success", "successful"), ("f-seed", "43"), ("f-step", "4"), ("f-success", "all"),
+        ("f-behaviour", "truncated"), ("f-seed", "base"), ("f-step", "all"),
+        ("f-behaviour", "no_think_end"), ("f-behaviour", "any"), ("f-seed", "all"),
+    ]  # fmt: skip
+    counts = []
+    for menu, value in steps:
+        chosen[menu] = value
+        browser.evaluate(
+            f"(() => {{ const m = document.getElementById({json.dumps(menu)});"
+            f" m.value = {json.dumps(value)}; m.dispatchEvent(new Event('change')); }})()"
+        )
+        expected = sum(map(wanted, items))
+        assert browser.evaluate(count) == f"showing {expected} of {len(items)}", (menu, value)
+        assert browser.evaluate("document.querySelectorAll('#list .card').length") == expected
+        counts.append(expected)
+    assert len(set(counts)) >= 5 and 0 in counts and counts[-1] == len(items)
+    colours, inked = distinct_colours(browser.screenshot(tmp_path / "explorer.png"))
+    assert colours > 30 and inked > 0.02, f"the explorer looks blank ({colours} colours)"
+    dialogs = [e for e in browser.events if e.get("method") == "Page.javascriptDialogOpening"]
+    assert not dialogs, f"a completion's script ran: {dialogs}"
+    errors = browser.errors()
+    assert not errors, "the page logged errors:\n" + "\n".join(errors)

@@ -168,13 +168,14 @@ def train_log_args(results: Path, runs: dict, seeds: dict | None = None) -> list
 
 
 def samples_args(results: Path, runs: dict, seeds: dict | None = None) -> list[str]:
-    """`--samples RUN STEP PATH` per configured step, as report.smk passes them: step 0 from
-    the run's baseline, every other step from its first seed."""
+    """`--samples RUN SEED STEP PATH` per samples file, as report.smk passes them: step 0 once
+    per run from its baseline (SEED `base`), every other step once per seed; `seeds`: {run:
+    [seeds]}, default [42] each."""
     files = [
-        (run, step, sample_path(results, run, step, None if step == 0 else first))
+        (run, "base" if step == 0 else seed, step, sample_path(results, run, step, seed))
         for run, spec in runs.items()
-        for first in [(seeds or {}).get(run, [42])[0]]
         for step in spec["steps"]
+        for seed in ([None] if step == 0 else (seeds or {}).get(run, [42]))
     ]
     return shlex.split(report_inputs.repeated("--samples", files))
 
@@ -238,36 +239,57 @@ def test_repeated_paths_round_trip_and_refuse_strays() -> None:
 
     runs = report_inputs.parse_runs('{"a b": {"steps": [0, 2]}, "c": {"steps": [0]}}')
     logs = [("a b", 42, "results/runs/a b/seed-42/train_log.jsonl"), ("a b", 7, "l'7.jsonl")]
-    triples = [("a b", 0, "s-0.jsonl"), ("a b", 2, "s'2.jsonl"), ("c", 0, "s.jsonl")]
+    files = [("a b", "base", 0, "s-0.jsonl"), ("a b", 7, 2, "s'2.jsonl"), ("c", "base", 0, "s")]
     parser = argparse.ArgumentParser()
     parser.add_argument("--train-log", nargs=3, action="append")
     parser.add_argument("--examples-page", nargs=2, action="append")
-    parser.add_argument("--samples", nargs=3, action="append")
+    parser.add_argument("--samples", nargs=4, action="append")
     pages = [("a b", "results/tables/examples-a b.html"), ("c", "e.html")]
     command = report_inputs.repeated("--train-log", logs) + " "
     command += report_inputs.repeated("--examples-page", pages) + " "
-    command += report_inputs.repeated("--samples", triples)
+    command += report_inputs.repeated("--samples", files)
     args = parser.parse_args(shlex.split(command))
     by_seed = report_inputs.paths_by_run_step("--train-log", args.train_log, runs, "seed")
     assert by_seed == {"a b": {42: Path(logs[0][2]), 7: Path("l'7.jsonl")}}
     assert report_inputs.paths_by_run("--examples-page", args.examples_page, runs) == {
         run: Path(p) for run, p in pages
     }
-    samples = report_inputs.paths_by_run_step("--samples", args.samples, runs)
+    samples = report_inputs.samples_by_run("--samples", args.samples, runs)
     assert samples == {
-        "a b": {0: Path("s-0.jsonl"), 2: Path("s'2.jsonl")},
-        "c": {0: Path("s.jsonl")},
+        "a b": {(None, 0): Path("s-0.jsonl"), (7, 2): Path("s'2.jsonl")},
+        "c": {(None, 0): Path("s")},
     }
     with pytest.raises(ValueError, match="--train-log x: not a run of --runs"):
         report_inputs.paths_by_run("--train-log", [["x", "p"]], runs)
     with pytest.raises(ValueError, match="given twice"):
         report_inputs.paths_by_run("--train-log", [["c", "p"], ["c", "q"]], runs)
-    with pytest.raises(ValueError, match="--samples c 0: given twice"):
-        report_inputs.paths_by_run_step("--samples", [["c", "0", "p"], ["c", "0", "q"]], runs)
-    with pytest.raises(ValueError, match="the step is not an integer"):
-        report_inputs.paths_by_run_step("--samples", [["c", "last", "p"]], runs)
+    with pytest.raises(ValueError, match="--train-log c 42: given twice"):
+        report_inputs.paths_by_run_step("--train-log", [["c", "42", "p"], ["c", "42", "q"]], runs)
     with pytest.raises(ValueError, match="--train-log c x: the seed is not an integer"):
         report_inputs.paths_by_run_step("--train-log", [["c", "x", "p"]], runs, "seed")
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([["x", "base", "0", "p"]], r"^--samples x: not a run of --runs \(have: a b, c\)$"),
+        (
+            [["c", "base", "0", "p"], ["c", "base", "0", "q"]],
+            r"^--samples c base 0: given twice$",
+        ),
+        ([["a b", "42", "2", "p"], ["a b", "42", "2", "q"]], "^--samples a b 42 2: given twice$"),
+        ([["a b", "42", "last", "p"]], "^--samples a b 42 last: the step is not an integer$"),
+        ([["a b", "42", "4", "p"]], r"step 4 is not a step of a b \(steps: 0, 2\)$"),
+        ([["a b", "first", "2", "p"]], "the seed is neither an integer nor 'base'$"),
+        ([["a b", "base", "2", "p"]], "step 0 is sampled once per run, as seed 'base'"),
+        ([["a b", "42", "0", "p"]], "step 0 is sampled once per run, as seed 'base'"),
+    ],
+)
+def test_bad_samples_entries_refused(rows: list[list[str]], message: str) -> None:
+    """A samples file the page would silently drop, or show twice, stops the stage."""
+    runs = report_inputs.parse_runs('{"a b": {"steps": [0, 2]}, "c": {"steps": [0]}}')
+    with pytest.raises(ValueError, match=message):
+        report_inputs.samples_by_run("--samples", rows, runs)
 
 
 def test_missing_steps_and_run_order() -> None:

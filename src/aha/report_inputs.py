@@ -51,6 +51,7 @@ class ReportOptions:
 
     examples_per_checkpoint: int = 3
     seed_reference: bool = True
+    explorer_per_checkpoint: int = 10
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -93,6 +94,7 @@ def parse_options(text: str) -> ReportOptions:
     return ReportOptions(
         examples_per_checkpoint=int(raw.get("examples_per_checkpoint", 3)),
         seed_reference=bool(raw.get("seed_reference", True)),
+        explorer_per_checkpoint=int(raw.get("explorer_per_checkpoint", 10)),
     )
 
 
@@ -119,8 +121,8 @@ def paths_by_run_step(
     runs: Mapping[str, RunInfo],
     what: str = "step",
 ) -> dict[str, dict[int, Path]]:
-    """`[[run, n, path], ...]` of a repeated `flag RUN N PATH` as {run: {n: path}}; N is a step
-    (`--samples`) or a seed (`--train-log`, `what="seed"`)."""
+    """`[[run, n, path], ...]` of a repeated `flag RUN N PATH` as {run: {n: path}}; N is a seed
+    (`--train-log`, `what="seed"`) or a step."""
     out: dict[str, dict[int, Path]] = {}
     for run, text, path in triples or []:
         if run not in runs:
@@ -133,6 +135,56 @@ def paths_by_run_step(
             raise ValueError(f"{flag} {run} {number}: given twice")
         out[run][number] = Path(path)
     return out
+
+
+BASE = "base"  # the SEED of `--samples` for step 0: sampled once per run, every seed's step 0
+# A samples file's key: (seed, step); seed None is the run's shared step-0 baseline.
+SamplesKey = tuple[int | None, int]
+
+
+def samples_by_run(
+    flag: str, rows: Sequence[Sequence[str]] | None, runs: Mapping[str, RunInfo]
+) -> dict[str, dict[SamplesKey, Path]]:
+    """`[[run, seed, step, path], ...]` of a repeated `flag RUN SEED STEP PATH` as
+    {run: {(seed, step): path}}, in the order given (the rules give seeds in config order).
+
+    SEED is an integer, or `base` for step 0 (and step 0 is only `base`): the layout of
+    results/runs/{run}/. A run not in --runs, a step it does not configure, or an entry given
+    twice is refused, as it would otherwise be silently left off (or shown twice on) its page.
+    """
+    out: dict[str, dict[SamplesKey, Path]] = {}
+    for run, seed_text, step_text, path in rows or []:
+        entry = f"{flag} {run} {seed_text} {step_text}"
+        if run not in runs:
+            raise ValueError(f"{flag} {run}: not a run of --runs (have: {', '.join(runs)})")
+        try:
+            step = int(step_text)
+        except ValueError:
+            raise ValueError(f"{entry}: the step is not an integer") from None
+        if step not in runs[run].steps:
+            have = ", ".join(map(str, runs[run].steps))
+            raise ValueError(f"{entry}: step {step} is not a step of {run} (steps: {have})")
+        if seed_text == BASE:
+            seed = None
+        else:
+            try:
+                seed = int(seed_text)
+            except ValueError:
+                raise ValueError(f"{entry}: the seed is neither an integer nor {BASE!r}") from None
+        if (seed is None) != (step == 0):
+            raise ValueError(
+                f"{entry}: step 0 is sampled once per run, as seed {BASE!r}; "
+                f"every other step belongs to an integer seed"
+            )
+        if (seed, step) in out.setdefault(run, {}):
+            raise ValueError(f"{entry}: given twice")
+        out[run][(seed, step)] = Path(path)
+    return out
+
+
+def seed_label(seed: int | None) -> str:
+    """How a samples key's seed is written: the integer, or `base` for the shared step 0."""
+    return BASE if seed is None else str(seed)
 
 
 def runs_argument(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,8 +206,8 @@ def runs_argument(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def repeated(option: str, rows: Iterable[Sequence[Any]]) -> str:
-    """`option A B ...` once per row, shell-quoted: how the rules pass per-run (and per-step)
-    paths that `paths_by_run` and `paths_by_run_step` read back."""
+    """`option A B ...` once per row, shell-quoted: how the rules pass per-run (per-seed,
+    per-step) paths that `paths_by_run`, `paths_by_run_step` and `samples_by_run` read back."""
     return " ".join(shlex.join([option, *map(str, row)]) for row in rows)
 
 

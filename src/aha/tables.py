@@ -1,22 +1,19 @@
 """Stage `tables`: the report's HTML pages (summary table, example completions, environment).
 
-Completions are model output, i.e. hostile input: every piece of text is HTML-escaped and the
-pages carry a Content Security Policy that forbids scripts. An example's answer is the one the
-equation reward scored (`rewards.extract_answer`) and its success the one every number counts
-(`metrics.is_success`), so a page never shows a different answer than the one judged. Missing
-inputs are said on the page; where each page goes is the rule's business (report.smk).
+Every piece of text is HTML-escaped. The summary and environment pages carry a Content
+Security Policy that forbids scripts; each run's examples page (`aha.explorer`) runs exactly
+one inline script, its filters, allowed by its sha256, and nothing else. Missing inputs are
+said on the page; where each page goes is the rule's business (report.smk).
 """
 
 from __future__ import annotations
 
 import argparse
 import html
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import behaviours, metrics, rewards
 from aha.report_inputs import (
     RunInfo,
     add_input_arguments,
@@ -24,10 +21,9 @@ from aha.report_inputs import (
     parse_options,
     parse_runs,
     paths_by_run,
-    paths_by_run_step,
-    read_samples,
     read_summary,
     run_order,
+    samples_by_run,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +35,6 @@ VERSIONED = (
     "vllm", "deepspeed", "bitsandbytes", "snakemake", "pandas", "seaborn", "matplotlib",
     "aha-countdown",
 )  # fmt: skip
-MAX_TEXT_CHARS = 6000  # per completion shown; longer text is cut with a note
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.2em;
@@ -67,11 +62,12 @@ def esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def page(title: str, body: str) -> str:
+def page(title: str, body: str, csp: str = CSP, css: str = "") -> str:
+    """A whole page; `csp` (a constant of ours, never data) is its only security policy."""
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n"
+        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+        f"<title>{esc(title)}</title><style>{CSS}{css}</style></head>\n"
         f"<body>\n<h1>{esc(title)}</h1>\n{body}\n</body></html>\n"
     )
 
@@ -141,139 +137,6 @@ def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
     return page("Summary per run and checkpoint", intro + table + "\n</tbody></table>")
 
 
-def pick_examples(
-    samples: Sequence[dict[str, Any]], n: int, seed: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Up to `n` successes and `n` failures, from distinct prompts where possible.
-
-    Random but reproducible (seeded by run and step), so the page does not cherry-pick.
-    """
-    rng = random.Random(seed)
-    picked = []
-    for wanted in (True, False):
-        pool = [s for s in samples if metrics.is_success(s) == wanted]
-        rng.shuffle(pool)
-        seen: set[Any] = set()
-        first, rest = [], []
-        for s in pool:
-            (rest if s.get("prompt_id") in seen else first).append(s)
-            seen.add(s.get("prompt_id"))
-        picked.append((first + rest)[:n])
-    return picked[0], picked[1]
-
-
-def _clip(text: str) -> str:
-    if len(text) <= MAX_TEXT_CHARS:
-        return text
-    return text[:MAX_TEXT_CHARS] + f"\n… ({len(text) - MAX_TEXT_CHARS} more characters)"
-
-
-def answer_html(text: str) -> str:
-    """The answer the equation reward scored, or why it scored none."""
-    answer = rewards.extract_answer(text)
-    if answer is not None:
-        return f'<span class="answer">{esc(answer)}</span>'
-    if len(text) > rewards.MAX_COMPLETION_CHARS:
-        return (
-            f'<span class="warn">none read: over {rewards.MAX_COMPLETION_CHARS} characters, '
-            "the reward scores 0 unread</span>"
-        )
-    return '<span class="warn">no &lt;answer&gt;…&lt;/answer&gt; on one line</span>'
-
-
-def completion_cell(sample: Mapping[str, Any] | None, kind: str, row: int, shown: int) -> str:
-    """One completion: task, thinking, answer, rewards and detected behaviours; all escaped.
-
-    An empty cell (row `row`, `shown` examples of this kind) says why it is empty, once.
-    """
-    if sample is None:
-        if row == 0:
-            return f'<td class="note">no {kind} completion at this step</td>'
-        if row == shown:
-            return f'<td class="note">no other {kind} completion at this step</td>'
-        return "<td></td>"
-    text = str(sample.get("text", ""))
-    end = text.find(behaviours.THINK_END)
-    think = text if end < 0 else text[:end]
-    after = "" if end < 0 else text[end + len(behaviours.THINK_END) :]
-    answer = answer_html(text)
-    found = behaviours.detect(text)
-    tags = [name for name in ("verify", "backtrack") if found[name]]
-    tags.append(f"{found['candidates']} candidates")
-    nums = sample.get("nums")
-    nums = ", ".join(map(str, nums)) if isinstance(nums, list) else nums
-    truncated = " · truncated" if sample.get("truncated") else ""
-    tags_html = "".join(f'<span class="tag">{esc(t)}</span>' for t in tags)
-    after_html = (
-        f"<div><b>after &lt;/think&gt;</b></div><pre>{esc(_clip(after))}</pre>" if end >= 0 else ""
-    )
-    closing = "" if end >= 0 else ' <span class="warn">(no &lt;/think&gt;)</span>'
-    return (
-        f'<td class="{"ok" if kind == "successful" else "fail"}">'
-        f"<div>numbers [{esc(nums)}] → target {esc(sample.get('target'))}"
-        f" · pattern {esc(sample.get('pattern'))} · prompt {esc(sample.get('prompt_id'))}"
-        f" / sample {esc(sample.get('sample_index'))}</div>"
-        f"<div><b>&lt;think&gt;</b>{closing}</div><pre>{esc(_clip(think))}</pre>"
-        f"{after_html}"
-        f"<div>answer: {answer}</div>"
-        f"<div>format reward {esc(sample.get('format_reward'))} · equation reward "
-        f"{esc(sample.get('equation_reward'))} · {esc(sample.get('num_tokens'))} tokens"
-        f"{truncated}</div>"
-        f"<div>{tags_html}</div></td>"
-    )
-
-
-def examples_section(path: Path | None, run: str, step: int, n: int) -> str:
-    """One checkpoint: a note when its samples are missing or empty, else pairs side by side."""
-    title = f"<h2>{esc(run)} · step {step}{' (base model)' if step == 0 else ''}</h2>"
-    if path is None:
-        return title + '<p class="warn">missing: no samples file given for this step</p>'
-    if not path.exists():
-        return (
-            title
-            + f'<p class="warn">missing: no samples file {esc(path)} (not run yet, or failed)</p>'
-        )
-    samples, bad = read_samples(path)
-    note = (
-        f'<p class="warn">{bad} unreadable line(s) skipped (not JSON, or no text and rewards)</p>'
-        if bad
-        else ""
-    )
-    if not samples:
-        return (
-            title + note + f'<p class="warn">no completions in {esc(path)} (empty samples file)</p>'
-        )
-    wins = sum(metrics.is_success(s) for s in samples)
-    good, bad_ones = pick_examples(samples, n, f"{run}/{step}")
-    stats = (
-        f'<p class="note">{wins} of {len(samples)} completions successful; '
-        f"showing up to {n} of each, drawn at random (fixed seed).</p>"
-    )
-    rows = [
-        "<tr>"
-        + completion_cell(good[i] if i < len(good) else None, "successful", i, len(good))
-        + completion_cell(bad_ones[i] if i < len(bad_ones) else None, "failed", i, len(bad_ones))
-        + "</tr>"
-        for i in range(max(len(good), len(bad_ones), 1))
-    ]
-    table = (
-        '<table class="examples"><thead><tr><th>successful</th><th>failed</th></tr></thead>'
-        "<tbody>" + "".join(rows) + "</tbody></table>"
-    )
-    return title + note + stats + table
-
-
-def examples_page(run: RunInfo, samples: Mapping[int, Path], n: int) -> str:
-    """Every configured step of one run, from its samples file (`samples`: step -> path)."""
-    sections = [examples_section(samples.get(step), run.name, step, n) for step in run.steps]
-    intro = (
-        f'<p class="note">Model: {esc(run.model_label)}. The prompt ends with '
-        "the prefilled &lt;think&gt;; the completion continues inside it. Model output is shown "
-        "verbatim (escaped). Behaviour tags come from aha.behaviours.</p>"
-    )
-    return page(f"Example completions: {run.name}", intro + "\n".join(sections))
-
-
 def git_revision(workflow_dir: Path | None) -> str:
     """`git describe` of the workflow checkout, '+ uncommitted changes' when dirty; '' if none."""
     import subprocess
@@ -325,15 +188,17 @@ def environment_page(workflow_dir: Path | None) -> str:
 
 def cli(argv: list[str], prog: str) -> None:
     parser = argparse.ArgumentParser(
-        prog=prog, description="HTML tables of the report: summary and example completions."
+        prog=prog,
+        description="HTML pages of the report: summary, environment and example completions.",
     )
     add_input_arguments(parser)
     parser.add_argument(
         "--samples",
-        nargs=3,
+        nargs=4,
         action="append",
-        metavar=("RUN", "STEP", "PATH"),
-        help="a checkpoint's samples file, read when present; once per run and step",
+        metavar=("RUN", "SEED", "STEP", "PATH"),
+        help="a checkpoint's samples file, read when present; once per run, seed and step "
+        "(SEED `base` for step 0, sampled once per run)",
     )
     parser.add_argument(
         "--workflow-dir", type=Path, help="workflow checkout whose git revision is reported"
@@ -359,7 +224,7 @@ def cli(argv: list[str], prog: str) -> None:
     args = parser.parse_args(argv)
     runs = parse_runs(args.runs)
     try:
-        samples = paths_by_run_step("--samples", args.samples, runs)
+        samples = samples_by_run("--samples", args.samples, runs)
         examples = paths_by_run("--examples-page", args.examples_page, runs)
     except ValueError as err:
         parser.error(str(err))
@@ -367,8 +232,15 @@ def cli(argv: list[str], prog: str) -> None:
     summary = read_summary(args.summary)
     _write(args.summary_page, summary_table(summary, runs))
     _write(args.environment_page, environment_page(args.workflow_dir))
+    from aha.explorer import examples_page  # it builds on this module's page()
+
     for run, path in examples.items():
-        text = examples_page(runs[run], samples.get(run, {}), options.examples_per_checkpoint)
+        text = examples_page(
+            runs[run],
+            samples.get(run, {}),
+            options.examples_per_checkpoint,
+            options.explorer_per_checkpoint,
+        )
         _write(path, text)
 
 

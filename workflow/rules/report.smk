@@ -34,22 +34,21 @@ EXAMPLES_PAGE = "results/tables/examples-{run}.html"
 EXAMPLES_PAGES = {run: EXAMPLES_PAGE.format(run=run) for run in RUNS}
 # The outputs of rule train (train.smk) and rule sample (evaluate.smk), spelled here too so
 # that these rules also run in a workflow of their own over existing results. Every replicate's
-# training log; the examples pages quote a run's first seed (and its shared step 0).
+# training log, and every samples file the examples pages draw from: (run, seed, step, path),
+# seed `base` for step 0, which is sampled once per run and is every seed's step 0.
 TRAIN_LOGS = [
     (run, seed, f"results/runs/{run}/seed-{seed}/train_log.jsonl")
     for run in RUNS
     for seed in run_seeds(config, run)
 ]
 SAMPLES_FILES = [
-    (
-        run,
-        step,
-        f"results/runs/{run}/base/samples/step-0.jsonl"
-        if step == 0
-        else f"results/runs/{run}/seed-{run_seeds(config, run)[0]}/samples/step-{step}.jsonl",
-    )
+    (run, "base", 0, f"results/runs/{run}/base/samples/step-0.jsonl") for run in RUNS
+] + [
+    (run, seed, step, f"results/runs/{run}/seed-{seed}/samples/step-{step}.jsonl")
     for run in RUNS
     for step in steps(config, run)
+    if step != 0
+    for seed in run_seeds(config, run)
 ]
 # Every file the report rules write, for `rule all` (so `--report` finds them). A lambda, not a
 # def: `snakemake --lint` wants functions in common.smk, and the paths belong here.
@@ -149,7 +148,7 @@ rule plots:
 rule tables:
     input:
         summary="results/summary.tsv",
-        samples=[path for _, _, path in SAMPLES_FILES],
+        samples=[path for *_, path in SAMPLES_FILES],
     output:
         summary=report(
             SUMMARY_PAGE,
