@@ -348,3 +348,23 @@ def test_bad_samples_entry_refused_by_the_stage(
     assert exit_.value.code == 2
     assert "--samples tiny-a 42 two: the step is not an integer" in capsys.readouterr().err
     assert not (tmp_path / "s.html").exists()
+
+
+def test_summary_page_marks_the_missing_seed() -> None:
+    """Three seeds configured, seed 43 unscored at step 4: its row is marked, with its seed."""
+    import pandas as pd
+
+    from aha.report_inputs import parse_runs
+
+    runs = parse_runs('{"r": {"steps": [0, 4], "seeds": [42, 43, 44]}}')
+    from aha.score import SUMMARY_COLUMNS
+
+    rows = [
+        dict.fromkeys(SUMMARY_COLUMNS)
+        | {"run": "r", "seed": seed, "step": step, "n_prompts": 1, "n_completions": 4, "k": 4}
+        for seed, step in ((None, 0), (42, 4), (44, 4))
+    ]
+    page = tables.summary_table(pd.DataFrame(rows), runs)
+    assert re.findall(r'<tr class="missing"><td>r</td><td>([^<]+)</td><td>(\d+)</td>', page) == [
+        ("43", "4")
+    ]

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from aha.report_inputs import (
     RunInfo,
     add_input_arguments,
-    missing_steps,
+    missing_scores,
     parse_options,
     parse_runs,
     paths_by_run,
@@ -89,7 +89,7 @@ def seed_cell(row: Any) -> str:
 def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
     """HTML page: one row per (run, seed, step), and a marked row per configured step not
     scored. Step 0 is the untrained model, sampled once per run: every seed's step 0."""
-    missing = missing_steps(summary, runs)
+    missing = missing_scores(summary, runs)
     head = (
         "run", "seed", "step", "prompts × k", "success [95% CI]", "pass@1", "pass@k", "format",
         "numbers ok", "tokens mean / median", "truncated", "verify", "backtrack", "candidates",
@@ -98,7 +98,9 @@ def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
     for run in run_order(summary, runs):
         part = summary[summary["run"] == run]
         scored = [(int(r["step"]), seed_cell(r), r) for _, r in part.iterrows()]
-        lost = [(step, "–", None) for step in missing.get(run, [])]
+        lost = [
+            (step, "–" if seed is None else str(seed), None) for step, seed in missing.get(run, [])
+        ]
         for step, seed, r in sorted([*scored, *lost], key=lambda t: (t[0], t[1])):
             if r is None:
                 cells = f'<td colspan="{len(head) - 3}">missing: not scored yet, or failed</td>'
