@@ -40,7 +40,7 @@ from transformers import (
     get_cosine_schedule_with_warmup,
 )
 
-from aha import prepare_data, prompts, rewards, traces
+from aha import prepare_data, prompts, rewards, tiny_artifact, traces
 from aha.config import ConfigError
 from aha.sections import TinySpec, WarmStart, section
 
@@ -381,6 +381,7 @@ def build(spec: TinySpec, train_path: Path, seed: int, out_dir: Path) -> dict[st
     report = {
         "seed": seed,
         "spec": asdict(spec),
+        "train_sha256": tiny_artifact.sha256_file(train_path),
         "num_parameters": n_params,
         "vocab_size": len(tokenizer),
         "prompt_tokens": examples[0].prompt_len,
@@ -396,6 +397,7 @@ def build(spec: TinySpec, train_path: Path, seed: int, out_dir: Path) -> dict[st
             "total": round(t_eval - t0, 1),
         },
         "torch_threads": torch.get_num_threads(),
+        "cpu": tiny_artifact.cpu_model(),
         "eval": evaluation,
     }
     (out_dir / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -420,10 +422,32 @@ def cli(argv: list[str], prog: str) -> None:
     parser.add_argument(
         "--out-dir", required=True, type=Path, help="model directory to write (HF format)"
     )
+    parser.add_argument(
+        "--prebuilt",
+        type=Path,
+        help="a model this stage built before (model.tiny.prebuilt): installed instead of "
+        "rebuilt when its recorded recipe (spec, seed, train split) is this one",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         spec = section(TinySpec, json.loads(args.tiny))
     except (json.JSONDecodeError, ConfigError) as err:
         raise SystemExit(f"{prog}: --tiny: {err}") from None
-    build(spec, args.train, args.seed, args.out_dir)
+    if args.prebuilt is None:
+        build(spec, args.train, args.seed, args.out_dir)
+        return
+    try:
+        report = tiny_artifact.install(
+            args.prebuilt, asdict(spec), args.seed, args.train, args.out_dir
+        )
+    except tiny_artifact.ArtifactError as err:
+        raise SystemExit(f"{prog}: --prebuilt: {err}") from None
+    log.info(
+        "installed %s (built in %.0fs with %s threads; eval format %.2f success %.2f)",
+        args.prebuilt,
+        report.get("wall_seconds", {}).get("total", float("nan")),
+        report.get("torch_threads"),
+        report.get("eval", {}).get("format_rate", float("nan")),
+        report.get("eval", {}).get("success_rate", float("nan")),
+    )

@@ -85,6 +85,7 @@ class TinySpec:
     intermediate_size: int
     max_position_embeddings: int
     warm_start: WarmStart
+    prebuilt: str | None  # a committed model built from this recipe, installed instead
 
 
 # ----------------------------------------------------------------------------- sampling

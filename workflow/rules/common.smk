@@ -90,6 +90,14 @@ def model_path(run):
     return TINY if model["source"] == "tiny" else model["name_or_path"]
 
 
+def prebuilt_tiny_model():
+    """model.tiny.prebuilt as a path (relative: to the repository), or [] to build."""
+    prebuilt = config["model"]["tiny"].get("prebuilt")
+    if not prebuilt:
+        return []
+    return prebuilt if os.path.isabs(prebuilt) else os.path.join(workflow.basedir, prebuilt)
+
+
 def model_input(wildcards):
     """File dependency on the model: only the tiny model is built by the workflow."""
     return TINY if run_view(config, wildcards.run)["model"]["source"] == "tiny" else []
