@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import prepare_data, prompts
+from aha import gpu_monitor, prepare_data, prompts
 from aha.checkpoints import (
     LOG_FILE,
     STATE_FILE,
@@ -440,15 +440,23 @@ def cli(argv: list[str], prog: str) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
     )
-    try:
-        spec = RunSpec.from_view(json.loads(args.run_spec))
-        result = train(
-            spec, args.data_dir, args.model, args.out_dir, args.seed, sample_rate=args.sample_rate
-        )
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"{prog}: --run-spec is not JSON: {err}") from None
-    except (TrainError, CheckpointError, ConfigError) as err:
-        raise SystemExit(f"{prog}: {err}") from None
+    # GPU memory into $AHA_GPU_LOG (rank 0, when nvidia-smi exists); its thread starts after
+    # block_stop_signals, so it never takes a stop signal either
+    with gpu_monitor.monitor():
+        try:
+            spec = RunSpec.from_view(json.loads(args.run_spec))
+            result = train(
+                spec,
+                args.data_dir,
+                args.model,
+                args.out_dir,
+                args.seed,
+                sample_rate=args.sample_rate,
+            )
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{prog}: --run-spec is not JSON: {err}") from None
+        except (TrainError, CheckpointError, ConfigError) as err:
+            raise SystemExit(f"{prog}: {err}") from None
     if result.stopped_by is not None:
         print(
             f"{prog}: stopped by {result.stopped_by} at step {result.global_step}; rerun to resume",
