@@ -68,8 +68,8 @@ def sample_gpus(wildcards):
 
 
 # Snakemake's benchmark file of each job (wall and CPU seconds, peak memory), by rule: the rules
-# name theirs from here. A job given GPUs also samples them with nvidia-smi into NAME.gpu.tsv
-# beside its benchmark (aha.gpu_monitor).
+# name theirs from here and rule compute (report.smk) reads every one. A job given GPUs also
+# samples them with nvidia-smi into NAME.gpu.tsv beside its benchmark (aha.gpu_monitor).
 BENCHMARKS = {
     "prepare_data": "benchmarks/prepare_data/prepare_data.tsv",
     "build_tiny_model": "benchmarks/build_tiny_model/build_tiny_model.tsv",
@@ -97,6 +97,11 @@ def gpu_log(*rules):
         raise WorkflowError(f"no benchmark of {', '.join(rules)} has the wildcards {names}")
 
     return env
+
+
+def builds_tiny_model():
+    """Whether the DAG builds the tiny model: some run starts from it (see model_input)."""
+    return any(run_view(config, run)["model"]["source"] == "tiny" for run in RUNS)
 
 
 TINY = "results/models/tiny"
