@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, TINY_TEST_CONFIG
+from tests.test_compute import write_benchmarks
 from tests.test_report import SWEEP, write_results
 
 pytestmark = pytest.mark.browser
@@ -63,6 +64,7 @@ CAPTIONS = {
     "reflection.svg": "Reflection words vs step.",
     "audit.svg": "Reward-hacking audit.",
     "training.svg": "Training curves",
+    "compute.svg": "what each stage of the workflow cost",
     "summary.html": "Every metric per run and checkpoint",
     "environment.html": "Software versions",
     "examples-": "Example completions of one run",
@@ -346,6 +348,8 @@ def build_report_workflow(workdir: Path) -> Path:
     cfg["report"]["seed_reference"] = True
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg))
     write_results(workdir / "results", SWEEP)
+    # rule compute's inputs: every job's benchmark (checkpoints [2, 4] as in SWEEP)
+    write_benchmarks(workdir, {run: {**SWEEP[run], "seeds": [42]} for run in cfg["runs"]})
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", "-d", str(workdir)]
     for extra in ([], ["--report", "results/report.html"]):
         proc = subprocess.run(
@@ -361,8 +365,8 @@ def test_report_rules_render_in_browser(tmp_path: Path, browser: DevTools) -> No
     expected = {
         "success.svg", "success_by_pattern.svg", "format_length.svg", "behaviours.svg",
         "success_by_size.svg", "pass_at_k.svg", "reflection.svg", "audit.svg",
-        "training.svg", "summary.html", "environment.html", "examples-qwen-a.html",
-        "examples-tiny-b.html",
+        "training.svg", "compute.svg", "summary.html", "environment.html",
+        "examples-qwen-a.html", "examples-tiny-b.html",
     }  # fmt: skip
     assert set(seen["names"]) == expected
 

@@ -257,7 +257,8 @@ TRAINER = textwrap.dedent(
     import json, os, signal, sys, time, urllib.request
     out, action, port = sys.argv[1], sys.argv[2], sys.argv[3]
     status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health").status
-    record = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "health": status}
+    record = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "health": status,
+              "job_gpus": os.environ.get("AHA_GPU_DEVICES")}
     with open(out, "w") as f:
         json.dump(record, f)
     if action == "fail":
@@ -318,6 +319,7 @@ def test_wrapper_runs_command_after_health_and_stops_the_server(harness):
     assert proc.returncode == 0, proc.stderr
     server, trainer = harness.server(), harness.trainer()
     assert server["cuda"] == "7" and trainer["cuda"] == "3,5"  # last GPU serves
+    assert trainer["job_gpus"] == "3,5,7"  # what rank 0's GPU log samples (aha.gpu_monitor)
     assert trainer["health"] == 200  # the command started only once the server was healthy
     assert server["argv"] == ["--model", "Org/Model", "--port", server["argv"][3],
                               "--gpu_memory_utilization", "0.5"]  # fmt: skip

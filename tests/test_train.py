@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import random
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -509,3 +511,69 @@ def test_a_blocked_stop_signal_reaches_the_watcher_thread_and_interrupts_no_thre
         stop.uninstall()
         signal.pthread_sigmask(signal.SIG_SETMASK, before)
     assert not watcher.is_alive()  # uninstall ends it: no thread left taking signals
+
+
+# ----------------------------------------------------------------------------- s/step split (a fake trainer)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fake_trainer(clock: Clock, seconds: float) -> SimpleNamespace:
+    """A trainer whose generation takes `seconds` on `clock`."""
+    trainer = SimpleNamespace(model=SimpleNamespace(training=True), calls=0)
+
+    def generate(batch: list[int]) -> list[int]:
+        trainer.calls += 1
+        clock.now += seconds
+        return batch
+
+    trainer._generate_and_score_completions = generate
+    return trainer
+
+
+def test_generation_split_is_added_to_the_logged_entry(monkeypatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(train.time, "perf_counter", clock)
+    trainer = fake_trainer(clock, 3.0)
+    timer = train.GenerationTimer()
+    assert timer.wrap(trainer)
+    callback = train.make_timing_callback(timer)
+    state = SimpleNamespace(log_history=[], global_step=0)
+    # optimizer step 1 generates (3 s); step 2 reuses the buffered completions (0 s)
+    assert trainer._generate_and_score_completions([1, 2]) == [1, 2] and trainer.calls == 1
+    for step in (1, 2):
+        state.global_step = step
+        callback.on_step_end(None, state, None)
+    trainer.model.training = False
+    trainer._generate_and_score_completions([3])  # an evaluation: not a training step's time
+    trainer.model.training = True
+    logs = {"loss": 0.1, "step_time": 4.0}  # TRL's mean over the two logged steps
+    state.log_history.append({**logs, "step": 2})  # what Trainer.log appends before on_log
+    callback.on_log(None, state, None, logs=logs)
+    assert state.log_history[-1][train.GENERATION_KEY] == 1.5
+    assert state.log_history[-1][train.OPTIMISATION_KEY] == 2.5
+    assert logs[train.GENERATION_KEY] == 1.5
+    # the final summary entry (no step_time) is left alone; the stage reads the same keys
+    final = {"train_runtime": 9.0}
+    state.log_history.append({**final, "step": 2})
+    callback.on_log(None, state, None, logs=final)
+    assert train.GENERATION_KEY not in state.log_history[-1]
+
+
+def test_without_the_generation_method_nothing_is_added_and_it_is_said_once(caplog) -> None:
+    timer = train.GenerationTimer()
+    with caplog.at_level(logging.WARNING, logger="aha.train"):
+        assert not timer.wrap(SimpleNamespace(model=None))
+    assert sum("no generation/optimisation split" in r.message for r in caplog.records) == 1
+    callback = train.make_timing_callback(timer)
+    state = SimpleNamespace(log_history=[{"step_time": 4.0, "step": 1}], global_step=1)
+    callback.on_step_end(None, state, None)
+    logs = {"step_time": 4.0}
+    callback.on_log(None, state, None, logs=logs)
+    assert logs == {"step_time": 4.0} and state.log_history == [{"step_time": 4.0, "step": 1}]

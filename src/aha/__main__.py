@@ -25,6 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "aggregate": ("aha.aggregate", "collect every score file into results/summary.tsv"),
     "plots": ("aha.plots", "seaborn figures for the report"),
     "tables": ("aha.tables", "HTML tables for the report"),
+    "compute": ("aha.compute", "wall, CPU and GPU hours per stage and s/step for the report"),
     "check-gpu": ("aha.gpu", "check CUDA, GPU packages and the model before a GPU run"),
     "with-vllm-server": (
         "aha.vllm_server",

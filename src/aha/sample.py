@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import prepare_data, prompts, rewards
+from aha import gpu_monitor, prepare_data, prompts, rewards
 from aha.checkpoints import CheckpointError, Manifest, write_atomic
 from aha.config import ConfigError
 from aha.sample_vllm import Completion
@@ -416,24 +416,26 @@ def cli(argv: list[str], prog: str) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
     )
-    try:
-        cfg = section(Sampling, json.loads(args.sampling))
-        quantization = json.loads(args.quantization) if args.quantization else None
-        records = sample(
-            args.model,
-            args.eval,
-            cfg,
-            args.run,
-            args.step,
-            args.out,
-            args.backend,
-            device=args.device,
-            quantization=quantization,
-        )
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"{prog}: --sampling or --quantization is not JSON: {err}") from None
-    except (SampleError, ConfigError) as err:
-        raise SystemExit(f"{prog}: {err}") from None
+    # GPU memory into $AHA_GPU_LOG while sampling (when nvidia-smi exists): the report's compute
+    with gpu_monitor.monitor():
+        try:
+            cfg = section(Sampling, json.loads(args.sampling))
+            quantization = json.loads(args.quantization) if args.quantization else None
+            records = sample(
+                args.model,
+                args.eval,
+                cfg,
+                args.run,
+                args.step,
+                args.out,
+                args.backend,
+                device=args.device,
+                quantization=quantization,
+            )
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{prog}: --sampling or --quantization is not JSON: {err}") from None
+        except (SampleError, ConfigError) as err:
+            raise SystemExit(f"{prog}: {err}") from None
     n = len(records)
     fmt = sum(r["format_reward"] for r in records) / max(n, 1)
     ok = sum(r["equation_reward"] for r in records) / max(n, 1)

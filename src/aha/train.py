@@ -19,6 +19,7 @@ checked that they are installed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -31,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import prepare_data, prompts
+from aha import gpu_monitor, prepare_data, prompts
 from aha.checkpoints import (
     LOG_FILE,
     STATE_FILE,
@@ -234,13 +235,123 @@ def load_train_dataset(data_dir: Path, tokenizer: Any) -> Dataset:
     return Dataset.from_dict(columns)
 
 
+# ----------------------------------------------------------------------------- timing
+
+# The GRPOTrainer method that generates a batch's completions and scores them (rewards, and the
+# old and reference log-probs when the loss needs them): TRL 1.16's name, checked at runtime.
+GENERATION_METHOD = "_generate_and_score_completions"
+GENERATION_KEY = "timing/generation_s_per_step"
+OPTIMISATION_KEY = "timing/optimisation_s_per_step"
+
+
+class GenerationTimer:
+    """Wall seconds spent generating (and scoring) completions, per optimizer step.
+
+    TRL logs `step_time`, the seconds of a whole optimizer step's `training_step` calls,
+    generation included; this splits it, for the report's compute figure: generation per
+    step, and the rest ("optimisation": the loss's forward and backward passes; the optimizer
+    update itself runs outside TRL's `step_time`). Steps that reuse buffered completions
+    (steps_per_generation, num_iterations > 1) generate nothing: 0 s.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.pending = 0.0  # seconds in the optimizer step under way
+        self.per_step: list[float] = []  # one value per optimizer step since the last log
+
+    def wrap(self, trainer: Any) -> bool:
+        """Time `trainer`'s generation method (this instance only). Without one (another TRL
+        version) nothing is timed or logged, and the training log says so once: False."""
+        method = getattr(trainer, GENERATION_METHOD, None)
+        if not callable(method):
+            log.warning(
+                "%s has no %s (TRL %s): the training log gets no generation/optimisation "
+                "split of step_time",
+                type(trainer).__name__,
+                GENERATION_METHOD,
+                _trl_version(),
+            )
+            return False
+
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                if getattr(getattr(trainer, "model", None), "training", True):  # not eval
+                    self.pending += time.perf_counter() - start
+
+        setattr(trainer, GENERATION_METHOD, timed)
+        self.active = True
+        return True
+
+    def step_end(self) -> None:
+        if self.active:
+            self.per_step.append(self.pending)
+            self.pending = 0.0
+
+    def split(self, step_time: Any) -> dict[str, float]:
+        """The log entry's split of `step_time` (TRL's mean over the logged steps), from the mean
+        over the same steps; {} when not timing or nothing was measured."""
+        steps, self.per_step = self.per_step, []
+        if not self.active or not steps or not isinstance(step_time, int | float):
+            return {}
+        generation = sum(steps) / len(steps)
+        return {
+            GENERATION_KEY: round(generation, 4),
+            OPTIMISATION_KEY: round(max(float(step_time) - generation, 0.0), 4),
+        }
+
+
+def _trl_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("trl")
+    except PackageNotFoundError:
+        return "?"
+
+
+def make_timing_callback(timer: GenerationTimer) -> TrainerCallback:
+    """Adds the generation/optimisation split to every training log entry with a `step_time`.
+
+    transformers' `Trainer.log` appends a copy of the logs to `state.log_history` before the
+    callbacks see them, so the entry is updated there too; this callback runs before the one
+    that writes train_log.jsonl.
+    """
+    from transformers import TrainerCallback
+
+    class TimingCallback(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            timer.step_end()
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs is None or "step_time" not in logs:
+                return control
+            split = timer.split(logs["step_time"])
+            logs.update(split)
+            entry = state.log_history[-1] if state.log_history else {}
+            if split and entry.get("step") == state.global_step and "step_time" in entry:
+                entry.update(split)
+            return control
+
+    return TimingCallback()
+
+
 # ----------------------------------------------------------------------------- callbacks
 
 
 def make_callbacks(
-    spec: RunSpec, out_dir: Path, stop: StopRequest, seconds_before: float
+    spec: RunSpec,
+    out_dir: Path,
+    stop: StopRequest,
+    seconds_before: float,
+    timer: GenerationTimer | None = None,
 ) -> list[TrainerCallback]:
-    """The step callback (exact checkpoints, stop on signal, weight export) and the log writer."""
+    """The step callback (exact checkpoints, stop on signal, weight export), the timing split
+    (when `timer` is given) and the log writer, in that order."""
     from transformers import TrainerCallback
 
     class CheckpointCallback(TrainerCallback):
@@ -290,7 +401,8 @@ def make_callbacks(
                 write_log_history(out_dir / LOG_FILE, state.log_history)
             return control
 
-    return [CheckpointCallback(), LogHistoryCallback()]
+    timing = [make_timing_callback(timer)] if timer is not None else []
+    return [CheckpointCallback(), *timing, LogHistoryCallback()]
 
 
 # ----------------------------------------------------------------------------- training
@@ -357,7 +469,8 @@ def train(
         sampler.touch()
     stop = StopRequest()
     seconds_before = float(read_state_file(resume).get("train_seconds", 0.0)) if resume else 0.0
-    callbacks = make_callbacks(spec, out_dir, stop, seconds_before)
+    timer = GenerationTimer()
+    callbacks = make_callbacks(spec, out_dir, stop, seconds_before, timer)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs(sampler),
@@ -367,6 +480,7 @@ def train(
         callbacks=[*callbacks, *extra_callbacks],
         **build_peft_objects(spec),
     )
+    timer.wrap(trainer)
     accelerator = trainer.accelerator
     if accelerator.num_processes > 1:
         import torch
@@ -440,15 +554,23 @@ def cli(argv: list[str], prog: str) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
     )
-    try:
-        spec = RunSpec.from_view(json.loads(args.run_spec))
-        result = train(
-            spec, args.data_dir, args.model, args.out_dir, args.seed, sample_rate=args.sample_rate
-        )
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"{prog}: --run-spec is not JSON: {err}") from None
-    except (TrainError, CheckpointError, ConfigError) as err:
-        raise SystemExit(f"{prog}: {err}") from None
+    # GPU memory into $AHA_GPU_LOG (rank 0, when nvidia-smi exists); its thread starts after
+    # block_stop_signals, so it never takes a stop signal either
+    with gpu_monitor.monitor():
+        try:
+            spec = RunSpec.from_view(json.loads(args.run_spec))
+            result = train(
+                spec,
+                args.data_dir,
+                args.model,
+                args.out_dir,
+                args.seed,
+                sample_rate=args.sample_rate,
+            )
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"{prog}: --run-spec is not JSON: {err}") from None
+        except (TrainError, CheckpointError, ConfigError) as err:
+            raise SystemExit(f"{prog}: {err}") from None
     if result.stopped_by is not None:
         print(
             f"{prog}: stopped by {result.stopped_by} at step {result.global_step}; rerun to resume",

@@ -270,7 +270,12 @@ def run_with_server(
         _log(f"server healthy at {url}; starting: {' '.join(command)}")
         child = family.popen(
             command,
-            env={**os.environ, "CUDA_VISIBLE_DEVICES": train_devices},
+            # AHA_GPU_DEVICES: the job's GPUs, server's included, for the GPU log of rank 0
+            env={
+                **os.environ,
+                "CUDA_VISIBLE_DEVICES": train_devices,
+                "AHA_GPU_DEVICES": f"{train_devices},{server_device}",
+            },
             start_new_session=True,  # signals come from us, to every process of its tree
             preexec_fn=preexec(signal.SIGTERM, block_sigterm=False),
         )

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import shlex
+import string
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -20,6 +21,7 @@ from aha.config import (
     schema_error,
     steps,
 )
+from aha.gpu_monitor import ENV_LOG, gpu_log_path
 from aha.launch import train_command
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
@@ -63,6 +65,43 @@ def run_gpus(wildcards):
 def sample_gpus(wildcards):
     """One GPU to sample a GPU-mode run (vLLM takes most of it); none on the CPU."""
     return 1 if run_view(config, wildcards.run)["device"] == "cuda" else 0
+
+
+# Snakemake's benchmark file of each job (wall and CPU seconds, peak memory), by rule: the rules
+# name theirs from here and rule compute (report.smk) reads every one. A job given GPUs also
+# samples them with nvidia-smi into NAME.gpu.tsv beside its benchmark (aha.gpu_monitor).
+BENCHMARKS = {
+    "prepare_data": "benchmarks/prepare_data/prepare_data.tsv",
+    "build_tiny_model": "benchmarks/build_tiny_model/build_tiny_model.tsv",
+    "train": "benchmarks/train/{run}-seed{seed}.tsv",
+    "sample": "benchmarks/sample/{run}-seed{seed}-{step}.tsv",
+    "sample_base": "benchmarks/sample/{run}-base-{step}.tsv",
+}
+
+
+def gpu_log(*rules):
+    """A params function: `AHA_GPU_LOG=PATH` for a job given GPUs (its benchmark path with
+    .gpu.tsv for .tsv), else nothing: a CPU job samples no GPU. Of `rules` (a rule and those
+    `use`d from it, which share its params) the job's is the one whose benchmark pattern has
+    exactly the job's wildcards."""
+    patterns = [BENCHMARKS[rule] for rule in rules]
+
+    def env(wildcards, resources):
+        if not resources.gpu:
+            return ""
+        names = set(wildcards.keys())
+        for pattern in patterns:
+            if {f for _, f, _, _ in string.Formatter().parse(pattern) if f} == names:
+                path = gpu_log_path(pattern.format(**wildcards))
+                return f"{ENV_LOG}={shlex.quote(str(path))}"
+        raise WorkflowError(f"no benchmark of {', '.join(rules)} has the wildcards {names}")
+
+    return env
+
+
+def builds_tiny_model():
+    """Whether the DAG builds the tiny model: some run starts from it (see model_input)."""
+    return any(run_view(config, run)["model"]["source"] == "tiny" for run in RUNS)
 
 
 TINY = "results/models/tiny"

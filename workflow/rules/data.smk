@@ -13,7 +13,7 @@ rule prepare_data:
     log:
         "logs/prepare_data/prepare_data.log",
     benchmark:
-        "benchmarks/prepare_data/prepare_data.tsv"
+        BENCHMARKS["prepare_data"]
     conda:
         "../envs/aha.yaml"
     shell:

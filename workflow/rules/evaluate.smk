@@ -19,17 +19,18 @@ rule sample:
         backend=sample_backend,
         device=lambda wc: run_view(config, wc.run)["device"],
         quantization=sample_quantization,
+        gpu_log=gpu_log("sample", "sample_base"),
     threads: run_threads
     resources:
         gpu=sample_gpus,
     log:
         "logs/sample/{run}-seed{seed}-{step}.log",
     benchmark:
-        "benchmarks/sample/{run}-seed{seed}-{step}.tsv"
+        BENCHMARKS["sample"]
     conda:
         "../envs/aha.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m aha sample --model {params.model} "
+        "{params.gpu_log} OMP_NUM_THREADS={threads} python -m aha sample --model {params.model} "
         "--eval {input.eval} --sampling {params.sampling:q} --backend {params.backend} "
         "--device {params.device} {params.quantization} "
         "--run {wildcards.run} --step {wildcards.step} --out {output} > {log} 2>&1"
@@ -47,7 +48,7 @@ use rule sample as sample_base with:
     log:
         "logs/sample/{run}-base-{step}.log",
     benchmark:
-        "benchmarks/sample/{run}-base-{step}.tsv"
+        BENCHMARKS["sample_base"]
 
 
 rule score:

@@ -19,7 +19,7 @@ rule build_tiny_model:
     log:
         "logs/build_tiny_model/build_tiny_model.log",
     benchmark:
-        "benchmarks/build_tiny_model/build_tiny_model.tsv"
+        BENCHMARKS["build_tiny_model"]
     conda:
         "../envs/aha.yaml"
     shell:

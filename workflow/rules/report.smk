@@ -28,6 +28,8 @@ TABLES = {
     "--audit-table": "results/audit.tsv",
     "--reflection-table": "results/reflection_words.tsv",
 }
+COMPUTE_TABLE = "results/compute.tsv"
+COMPUTE_FIGURE = "results/plots/compute.svg"
 SUMMARY_PAGE = "results/tables/summary.html"
 ENVIRONMENT_PAGE = "results/tables/environment.html"
 EXAMPLES_PAGE = "results/tables/examples-{run}.html"
@@ -50,10 +52,28 @@ SAMPLES_FILES = [
     if step != 0
     for seed in run_seeds(config, run)
 ]
+# The benchmark file of every job of the DAG, as (stage, path), in pipeline order: the
+# benchmark patterns of the rules (BENCHMARKS, common.smk) over the jobs they run. Step 0 is
+# sampled by rule sample_base, which is stage sample.
+JOB_BENCHMARKS = [
+    ("prepare_data", BENCHMARKS["prepare_data"]),
+    *([("build_tiny_model", BENCHMARKS["build_tiny_model"])] if builds_tiny_model() else []),
+    *[("train", BENCHMARKS["train"].format(run=run, seed=seed)) for run, seed, _ in TRAIN_LOGS],
+    *[("sample", BENCHMARKS["sample_base"].format(run=run, step=0)) for run in RUNS],
+    *[
+        ("sample", BENCHMARKS["sample"].format(run=run, seed=seed, step=step))
+        for run in RUNS
+        for seed in run_seeds(config, run)
+        for step in steps(config, run)
+        if step
+    ],
+]
 # Every file the report rules write, for `rule all` (so `--report` finds them). A lambda, not a
 # def: `snakemake --lint` wants functions in common.smk, and the paths belong here.
 report_files = lambda runs: [
     *FIGURES.values(),
+    COMPUTE_FIGURE,
+    COMPUTE_TABLE,
     SUMMARY_PAGE,
     ENVIRONMENT_PAGE,
     *expand(EXAMPLES_PAGE, run=runs),
@@ -189,3 +209,31 @@ rule tables:
         "--report {params.report:q} --workflow-dir {params.workflow_dir:q} "
         "--summary-page {output.summary} --environment-page {output.environment} "
         "{params.examples} > {log} 2>&1"
+
+
+# What the run cost: job-hours per stage from every job's benchmark file (and GPU log beside
+# it), s/step from every replicate's training log. It runs after every other benchmarked job.
+rule compute:
+    input:
+        benchmarks=[path for _, path in JOB_BENCHMARKS],
+        train_logs=[path for _, _, path in TRAIN_LOGS],
+    output:
+        table=COMPUTE_TABLE,
+        figure=report(
+            COMPUTE_FIGURE,
+            caption=CAPTION.format("compute"),
+            category="5. Compute",
+            subcategory="Figures",
+            labels={"figure": "hours per stage, s/step, GPU memory"},
+        ),
+    params:
+        runs=lambda wc: as_json(runs_argument(config)),
+        benchmarks=repeated("--benchmark", JOB_BENCHMARKS),
+        train_logs=repeated("--train-log", TRAIN_LOGS),
+    log:
+        "logs/compute/compute.log",
+    conda:
+        "../envs/aha.yaml"
+    shell:
+        "MPLBACKEND=Agg python -m aha compute {params.benchmarks} {params.train_logs} "
+        "--runs {params.runs:q} --table {output.table} --figure {output.figure} > {log} 2>&1"

@@ -22,17 +22,18 @@ rule train:
         data_dir=lambda wc, input: os.path.dirname(input.train),
         out_dir=lambda wc: RUN_DIR.format(**wc),
         launch=launch_command,
+        gpu_log=gpu_log("train"),
     threads: train_threads
     resources:
         gpu=run_gpus,
     log:
         "logs/train/{run}-seed{seed}.log",
     benchmark:
-        "benchmarks/train/{run}-seed{seed}.tsv"
+        BENCHMARKS["train"]
     conda:
         "../envs/aha.yaml"
     shell:
         "python -m aha check-gpu --run-spec {params.spec:q} --model {params.model} > {log} 2>&1 && "
-        "OMP_NUM_THREADS={threads} exec {params.launch} --run-spec {params.spec:q} "
+        "{params.gpu_log} OMP_NUM_THREADS={threads} exec {params.launch} --run-spec {params.spec:q} "
         "--data-dir {params.data_dir} --model {params.model} --out-dir {params.out_dir} "
         "--seed {wildcards.seed} >> {log} 2>&1"
