@@ -359,6 +359,12 @@ def test_cpu_run_checkpoints_exactly_at_configured_steps(
     for key in ("reward_std", "rewards/format_reward/mean", "rewards/equation_reward/mean"):
         assert key in row
     assert "completions/mean_length" in row and "learning_rate" in row
+    # the split of TRL's step_time (aha.train's GenerationTimer): both parts, adding up
+    for r in (r for r in log if "reward" in r):
+        gen, opt = r[train.GENERATION_KEY], r[train.OPTIMISATION_KEY]
+        assert (
+            gen > 0 and opt > 0 and gen + opt == pytest.approx(r["step_time"], abs=2e-4)
+        )  # rounded to 4 places
 
     samples = out / "completion_samples"
     text = (samples / "completion_samples.txt").read_text()
