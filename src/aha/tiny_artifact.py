@@ -61,6 +61,14 @@ def recipe(spec: Mapping[str, Any], seed: int, train: Path) -> dict[str, Any]:
     }
 
 
+def recorded_recipe(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe a warm_start.json records (RECIPE_KEYS; `prebuilt` left out of its spec)."""
+    recorded = {k: report.get(k, "(absent)") for k in RECIPE_KEYS}
+    if isinstance(recorded["spec"], Mapping):
+        recorded["spec"] = {k: v for k, v in recorded["spec"].items() if k != "prebuilt"}
+    return recorded
+
+
 def differences(
     wanted: Mapping[str, Any], recorded: Mapping[str, Any], prefix: str = ""
 ) -> list[str]:
@@ -87,10 +95,7 @@ def install(
         report = json.loads(report_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ArtifactError(f"{report_path}: not JSON ({err})") from None
-    recorded = {k: report.get(k, "(absent)") for k in RECIPE_KEYS}
-    if isinstance(recorded["spec"], Mapping):
-        recorded["spec"] = {k: v for k, v in recorded["spec"].items() if k != "prebuilt"}
-    diff = differences(recipe(spec, seed, train), recorded)
+    diff = differences(recipe(spec, seed, train), recorded_recipe(report))
     if diff:
         raise ArtifactError(
             f"{prebuilt} was built from another recipe ({'; '.join(diff)}): {REBUILD_HINT}"
