@@ -28,6 +28,8 @@ SETTINGS = (
     ("1 thread", 1, {}),
     ("2 threads", 2, {}),
     ("2 threads, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    ("2 threads, GOMP_SPINCOUNT=10000", 2, {"GOMP_SPINCOUNT": "10000"}),
+    ("2 threads, GOMP_SPINCOUNT=1000", 2, {"GOMP_SPINCOUNT": "1000"}),
 )
 
 
@@ -49,6 +51,9 @@ def main() -> None:
     parser.add_argument("--model", default="models/tiny-base")
     parser.add_argument("--data-dir", default="results/data")
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--only", nargs="*", help="settings to run (labels of SETTINGS; default: all)"
+    )
     args = parser.parse_args()
     rows = []
     for neighbour in (False, True):
@@ -57,6 +62,8 @@ def main() -> None:
         )
         try:
             for label, threads, extra in SETTINGS:
+                if args.only and label not in args.only:
+                    continue
                 total, cpu = measure(args, threads, extra)
                 rows.append((label, "one busy process" if neighbour else "idle", total, cpu))
                 print(f"{rows[-1][1]:>16} | {label:<36} | {total:6.3f} s/step | cpu {cpu:6.3f}")

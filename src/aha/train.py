@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha import gpu_monitor, prepare_data, prompts
+from aha import cpu_threads, gpu_monitor, prepare_data, prompts
 from aha.checkpoints import (
     LOG_FILE,
     STATE_FILE,
@@ -559,6 +559,8 @@ def cli(argv: list[str], prog: str) -> None:
     with gpu_monitor.monitor():
         try:
             spec = RunSpec.from_view(json.loads(args.run_spec))
+            if spec.mode == "cpu":
+                cpu_threads.fit_torch_threads()  # fewer threads beside a busy neighbour
             result = train(
                 spec,
                 args.data_dir,
