@@ -80,7 +80,17 @@ def test_summary_has_a_row_per_step(tiny_dag: Path) -> None:
     assert set(summary["run"]) == {RUN}
     assert summary["seed"].isna().tolist() == [True] + [False] * (len(STEPS) - 1)  # 0: base
     assert set(summary["seed"].dropna()) == {SEED}
-    assert summary.drop(columns=["run", "seed"]).notna().all().all()
+    # a statistic of one side (correct / incorrect, with / without reflection) is NA exactly
+    # when that side has no completion; every other column is always there
+    sides = {
+        "tokens_mean_correct": summary["success_rate"] == 0,
+        "tokens_mean_incorrect": summary["success_rate"] == 1,
+        "success_with_reflection": summary["reflection_share"] == 0,
+        "success_without_reflection": summary["reflection_share"] == 1,
+    }
+    for column, empty in sides.items():
+        assert (summary[column].isna() == empty).all(), column
+    assert summary.drop(columns=["run", "seed", *sides]).notna().all().all()
     across = pd.read_csv(tiny_dag / "results" / "summary_across_seeds.tsv", sep="\t")
     assert list(across["step"]) == STEPS and set(across["n_seeds"]) == {1}
     assert list(across["success_mean"]) == pytest.approx(list(summary["success_rate"]))
