@@ -197,24 +197,13 @@ def length_panel(
 ) -> bool:
     """Mean tokens of correct (solid) and incorrect (dashed) completions vs step per run, mean
     over seeds: longer failures that hit the limit are not longer reasoning."""
-    steps_axis(ax, ticks)
     columns = ("tokens_mean_correct", "tokens_mean_incorrect")
     if summary.empty or not set(columns) <= set(summary.columns):
+        steps_axis(ax, ticks)
         note(ax, "no length by outcome in summary.tsv yet")
         return False
-    drawn = False
-    for run in [r for r in order if r in set(summary["run"])]:
-        part = summary[summary["run"] == run]
-        for column, ls, what in zip(columns, ("-", "--"), ("correct", "incorrect"), strict=True):
-            line = part.dropna(subset=[column]).groupby("step")[column].mean()
-            if len(line):
-                ax.plot(line.index, line.values, ls=ls, marker="o", color=colours[run],
-                        label=f"{run}: {what}")  # fmt: skip
-                drawn = True
-    if not drawn:
-        note(ax, "no scored checkpoint yet")
-    steps_axis(ax, ticks)
-    return drawn
+    styles = [(columns[0], "-", "correct"), (columns[1], "--", "incorrect")]
+    return _mean_lines(ax, summary, styles, order, colours, ticks)
 
 
 def plot_reflection(
@@ -261,8 +250,9 @@ def _mean_lines(
     order: Sequence[str],
     colours: Mapping[str, Any],
     ticks: Sequence[int],
-) -> None:
-    """Each (column, linestyle, label suffix) vs step per run, the mean over seeds."""
+) -> bool:
+    """Each (column, linestyle, label suffix) vs step per run, the mean over seeds; False (and
+    a note) when nothing is drawn."""
     steps_axis(ax, ticks)
     drawn = False
     for run in [r for r in order if r in set(summary.get("run", []))]:
@@ -279,6 +269,7 @@ def _mean_lines(
     if not drawn:
         note(ax, "no scored checkpoint yet")
     steps_axis(ax, ticks)
+    return drawn
 
 
 def _word_heatmap(ax: Axes, words: pd.DataFrame, order: Sequence[str]) -> None:
