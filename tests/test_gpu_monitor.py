@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
+import sys
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -13,12 +16,22 @@ import pytest
 from aha import gpu_monitor
 
 FAKE_NVIDIA_SMI = """#!/bin/sh
-case "$*" in *--query-gpu=timestamp,index,uuid,memory.used,memory.total,utilization.gpu*) ;;
+case "$*" in
+  *--query-gpu=timestamp,index,uuid,pci.bus_id,memory.used,memory.total,utilization.gpu*) ;;
   *) echo "unexpected arguments: $*" >&2; exit 2 ;; esac
 [ -n "$FAKE_SMI_FAIL" ] && { echo "No devices were found" >&2; exit 6; }
-echo "2026/01/01 12:00:00.000, 0, GPU-aaaa-0000, 1000, 81559, 10"
-echo "2026/01/01 12:00:00.000, 1, GPU-bbbb-1111, 2000, 81559, [N/A]"
+[ -n "$FAKE_SMI_ROWS" ] && { printf '%s\\n' "$FAKE_SMI_ROWS"; exit 0; }
+echo "2026/01/01 12:00:00.000, 0, GPU-aaaa-0000, 00000000:18:00.0, 1000, 81559, 10"
+echo "2026/01/01 12:00:00.000, 1, GPU-bbbb-1111, 00000000:3B:00.0, 2000, 81559, [N/A]"
 """
+# A mixed machine as nvidia-smi lists it, in PCI bus order: a slow GPU first, then a fast one
+# that CUDA's default order (FASTEST_FIRST) calls device 0. The second list has nvidia-smi
+# numbering unlike the bus order, which is what CUDA_DEVICE_ORDER=PCI_BUS_ID follows.
+STAMP = "2026/01/01 12:00:00.000"
+SLOW = f"{STAMP}, 0, GPU-5555-slow, 00000000:18:00.0, 300, 15360, 1"
+FAST = f"{STAMP}, 1, GPU-ffff-fast, 00000000:3B:00.0, 7000, 81559, 99"
+LATE = f"{STAMP}, 0, GPU-cccc-late, 00000000:AF:00.0, 500, 81559, 5"
+EARLY = f"{STAMP}, 1, GPU-dddd-early, 00000000:1A:00.0, 600, 81559, 6"
 
 
 @pytest.fixture
@@ -122,3 +135,181 @@ def test_failing_nvidia_smi_writes_no_log(tmp_path: Path, fake_smi: dict[str, st
 def test_gpu_log_path_is_beside_the_benchmark() -> None:
     path = gpu_monitor.gpu_log_path("benchmarks/train/qwen-zero3-seed42.tsv")
     assert path == Path("benchmarks/train/qwen-zero3-seed42.gpu.tsv")
+
+
+# ------------------------------------------------ which GPUs are the job's: UUIDs and PCI order
+
+
+def expected_row(line: str) -> dict[str, str]:
+    """The log row (less elapsed_s) of one line of the fake nvidia-smi."""
+    stamp, index, uuid, bus, used, total, util = line.split(", ")
+    return {
+        "timestamp": stamp,
+        "index": index,
+        "uuid": uuid,
+        "memory_used_mib": used,
+        "memory_total_mib": total,
+        "utilization_pct": "NA" if util.startswith("[") else util,
+        "pci_bus_id": bus,
+    }
+
+
+def sample_once(tmp_path: Path, env: dict[str, str], smi: list[str]) -> list[dict[str, str]]:
+    """What monitor() logs for a job with `env` on a machine whose nvidia-smi lists `smi`: its
+    rows less elapsed_s, in sampling order ([] when no file). Waits for the first query only."""
+    log = tmp_path / f"gpu-{len(list(tmp_path.iterdir()))}.tsv"
+    env["FAKE_SMI_ROWS"] = "\n".join(smi)
+    with gpu_monitor.monitor(log, 0.05, env) as sampler:
+        assert sampler is not None
+        assert wait_for(lambda: sampler.queries >= 1)
+    if not log.exists():
+        return []
+    return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in gpu_rows(log)]
+
+
+def assert_samples_of(rows: list[dict[str, str]], lines: list[str]) -> None:
+    """`rows` are whole samples, each exactly the GPUs of `lines` in that order."""
+    expected = [expected_row(line) for line in lines]
+    assert rows and len(rows) % len(expected) == 0
+    assert rows == expected * (len(rows) // len(expected))
+
+
+def test_integer_ids_are_pci_order_which_the_monitor_sets(
+    tmp_path: Path, fake_smi: dict[str, str]
+) -> None:
+    # CUDA's default order would call FAST device 0; under PCI_BUS_ID, which the monitor sets
+    # before CUDA starts, device 0 is the slow GPU the job then really uses
+    for visible, lines in (("0", [SLOW]), ("1", [FAST]), ("1,0", [SLOW, FAST])):
+        env = {**fake_smi, "CUDA_VISIBLE_DEVICES": visible}
+        assert_samples_of(sample_once(tmp_path, env, [SLOW, FAST]), lines)
+        assert env[gpu_monitor.ENV_ORDER] == "PCI_BUS_ID"
+    # nvidia-smi's own numbering is not what counts: the bus order is (EARLY is index 1)
+    for visible, lines in (("0", [EARLY]), ("1", [LATE])):
+        env = {**fake_smi, "CUDA_VISIBLE_DEVICES": visible, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        assert_samples_of(sample_once(tmp_path, env, [LATE, EARLY]), lines)
+
+
+def test_uuids_are_matched_whatever_the_order(tmp_path: Path, fake_smi: dict[str, str]) -> None:
+    for order in ("PCI_BUS_ID", "FASTEST_FIRST"):
+        for visible, lines in (
+            ("GPU-ffff-fast", [FAST]),
+            ("GPU-ffff", [FAST]),  # an abbreviated UUID, as CUDA accepts
+            ("GPU-ffff-fast,GPU-5555", [SLOW, FAST]),
+        ):
+            env = {**fake_smi, "CUDA_VISIBLE_DEVICES": visible, "CUDA_DEVICE_ORDER": order}
+            assert_samples_of(sample_once(tmp_path, env, [SLOW, FAST]), lines)
+            assert env[gpu_monitor.ENV_ORDER] == order  # an explicit order is left alone
+
+
+def test_fastest_first_integer_ids_are_reported_not_guessed(
+    tmp_path: Path, fake_smi: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aha.gpu_monitor")
+    env = {**fake_smi, "CUDA_VISIBLE_DEVICES": "0", "CUDA_DEVICE_ORDER": "FASTEST_FIRST"}
+    assert sample_once(tmp_path, env, [SLOW, FAST]) == []  # neither SLOW's row nor FAST's
+    assert env[gpu_monitor.ENV_ORDER] == "FASTEST_FIRST"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("CUDA_DEVICE_ORDER=FASTEST_FIRST, not PCI_BUS_ID" in w for w in warnings) == 1
+    assert any("CUDA device 0: an integer id" in w for w in warnings)
+    assert any("nothing is sampled" in w for w in warnings)
+    # a UUID beside it is still the job's
+    env = {**env, "CUDA_VISIBLE_DEVICES": "0,GPU-ffff-fast"}
+    assert_samples_of(sample_once(tmp_path, env, [SLOW, FAST]), [FAST])
+
+
+def test_slurm_renumbered_gpus(tmp_path: Path, fake_smi: dict[str, str]) -> None:
+    # cgroups: nvidia-smi sees only the job's GPU, as index 0, and CUDA calls it 0 too
+    only = LATE
+    env = {**fake_smi, "CUDA_VISIBLE_DEVICES": "0"}
+    assert_samples_of(sample_once(tmp_path, env, [only]), [only])
+    # nvidia-smi sees every GPU and the job is given its GPU by UUID
+    third = f"{STAMP}, 2, GPU-cccc-late, 00000000:AF:00.0, 500, 81559, 5"
+    env = {**fake_smi, "CUDA_VISIBLE_DEVICES": "GPU-cccc-late"}
+    assert_samples_of(sample_once(tmp_path, env, [SLOW, FAST, third]), [third])
+
+
+def test_ids_that_name_no_gpu_are_each_explained() -> None:
+    listed = gpu_monitor.parse_query(f"{SLOW}\n{FAST}\n")
+    assert [s.uuid for s in listed] == ["GPU-5555-slow", "GPU-ffff-fast"]
+    cases = {
+        "5": "CUDA device 5: nvidia-smi lists 2 GPU(s); not sampled",
+        "GPU-9999": "CUDA device GPU-9999: no GPU(s) with this UUID; not sampled",
+        "GPU-": "CUDA device GPU-: 2 GPU(s) with this UUID; not sampled",
+        "MIG-1234": "CUDA device MIG-1234: a MIG instance, whose own memory nvidia-smi "
+        "--query-gpu does not report; not sampled",
+    }
+    for device, problem in cases.items():
+        assert gpu_monitor.select(listed, [device]) == ([], [problem])
+    # as in CUDA, an id that is no device hides the rest (-1: no GPU at all)
+    assert gpu_monitor.select(listed, ["1", "-1", "0"]) == (
+        [listed[1]],
+        ["CUDA device -1: not a device id, so CUDA ignores 0 too; not sampled"],
+    )
+    assert gpu_monitor.select(listed, []) == (
+        [],
+        ["the job lists no GPU (an empty CUDA_VISIBLE_DEVICES)"],
+    )
+    assert gpu_monitor.select(listed, None) == (listed, [])
+
+
+def test_unmatched_device_is_logged_once(
+    tmp_path: Path, fake_smi: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="aha.gpu_monitor")
+    log = tmp_path / "gpu.tsv"
+    env = {**fake_smi, "CUDA_VISIBLE_DEVICES": "GPU-9999"}
+    with gpu_monitor.monitor(log, 0.01, env) as sampler:
+        assert sampler is not None
+        assert wait_for(lambda: caplog.text.count("nothing is sampled") >= 1)
+        time.sleep(0.1)  # several more queries
+    assert not log.exists()
+    assert caplog.text.count("CUDA device GPU-9999: no GPU(s) with this UUID") == 1
+    assert caplog.text.count("nothing is sampled") == 1
+
+
+def test_use_pci_device_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    for before, after, pci in (
+        (None, "PCI_BUS_ID", True),
+        ("", "PCI_BUS_ID", True),
+        ("PCI_BUS_ID", "PCI_BUS_ID", True),
+        ("FASTEST_FIRST", "FASTEST_FIRST", False),
+    ):
+        env = {} if before is None else {"CUDA_DEVICE_ORDER": before}
+        assert gpu_monitor.use_pci_device_order(env) is pci
+        assert env == {"CUDA_DEVICE_ORDER": after}
+    # every rank sets it, not only the one that samples
+    env = {"LOCAL_RANK": "1", "RANK": "1", gpu_monitor.ENV_LOG: "gpu.tsv"}
+    with gpu_monitor.monitor(None, 0.01, env) as sampler:
+        assert sampler is None
+    assert env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    # once this process has started CUDA, setting it would split it from its children
+    started = types.SimpleNamespace(cuda=types.SimpleNamespace(is_initialized=lambda: True))
+    monkeypatch.setitem(sys.modules, "torch", started)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    assert gpu_monitor.use_pci_device_order() is False
+    assert "CUDA_DEVICE_ORDER" not in os.environ
+
+
+def test_monitoring_failures_never_reach_the_job(
+    tmp_path: Path,
+    fake_smi: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.INFO, logger="aha.gpu_monitor")
+    folder = tmp_path / "a-folder"  # the log path is a folder: it cannot be replaced
+    folder.mkdir()
+    ran = False
+    with gpu_monitor.monitor(folder, 0.01, dict(fake_smi)) as sampler:
+        ran = True
+    assert ran and sampler is None and "GPU sampling not started" in caplog.text
+
+    def broken(text: str) -> list[gpu_monitor.GpuSample]:
+        raise ValueError("unexpected nvidia-smi output")
+
+    monkeypatch.setattr(gpu_monitor, "parse_query", broken)
+    with gpu_monitor.monitor(tmp_path / "gpu.tsv", 0.01, dict(fake_smi)) as sampler:
+        assert sampler is not None
+        assert wait_for(lambda: "sampling stopped" in caplog.text)
+    assert "unexpected nvidia-smi output; sampling stopped" in caplog.text
+    assert not (tmp_path / "gpu.tsv").exists()
