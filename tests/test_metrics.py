@@ -1,9 +1,11 @@
-"""Wilson intervals, unbiased pass@k and sample summaries against hand-computed values."""
+"""Wilson intervals, Fisher's exact test, unbiased pass@k and sample summaries against
+hand-computed values."""
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from fractions import Fraction
 
 import pytest
@@ -11,12 +13,14 @@ import pytest
 from aha.metrics import (
     NO_PATTERN,
     Z95,
+    fisher_exact_p,
     length_by_outcome,
     mean_t_interval,
     numbers_ok_share,
     pass_at_k,
     pass_at_k_curve,
     pooled_wilson,
+    proportions_agree,
     success_by_pattern,
     success_by_size,
     summarize,
@@ -83,6 +87,76 @@ def test_wilson_extremes_are_exact_and_interval_contains_estimate() -> None:
 def test_wilson_refuses_bad_input(successes, n, z) -> None:
     with pytest.raises(ValueError):
         wilson_interval(successes, n, z)
+
+
+def _brute_fisher_p(successes_a: int, n_a: int, successes_b: int, n_b: int) -> Fraction:
+    """Independent two-sided Fisher p-value: count, over every way to mark the pooled successes
+    among the n_a + n_b trials, how often group a gets each count; sum the counts no more common
+    than the observed one."""
+    trials = range(n_a + n_b)
+    arrangements = list(itertools.combinations(trials, successes_a + successes_b))
+    counts = Counter(sum(i < n_a for i in chosen) for chosen in arrangements)
+    tail = sum(c for c in counts.values() if c <= counts[successes_a])
+    return Fraction(tail, len(arrangements))
+
+
+@pytest.mark.parametrize(
+    ("a", "n_a", "b", "n_b", "p"),
+    [
+        # Fisher's tea tasting, 3/4 vs 1/4: splits 0..4 weigh 1, 16, 36, 16, 1 of C(8, 4) = 70
+        (3, 4, 1, 4, Fraction(34, 70)),
+        # 6/8 vs 1/5: splits 2..7 weigh 28, 280, 700, 560, 140, 8 of C(13, 7) = 1716
+        (6, 8, 1, 5, Fraction(28 + 140 + 8, 1716)),
+        # 199/200 vs 200/200: the one failure is in either group, each with chance 1/2
+        (199, 200, 200, 200, Fraction(1)),
+        # 0/n vs 0/n and n/n vs n/n: a single possible split
+        (0, 10, 0, 10, Fraction(1)),
+        (7, 7, 3, 3, Fraction(1)),
+        # 0/10 vs 10/10: only the two extreme splits, each 1 / C(20, 10) = 1/184756
+        (0, 10, 10, 10, Fraction(2, 184756)),
+    ],
+)
+def test_fisher_exact_p_hand_values(a: int, n_a: int, b: int, n_b: int, p: Fraction) -> None:
+    assert fisher_exact_p(a, n_a, b, n_b) == pytest.approx(float(p), rel=1e-15)
+    assert fisher_exact_p(b, n_b, a, n_a) == pytest.approx(float(p), rel=1e-15)  # symmetric
+
+
+@pytest.mark.parametrize(("n_a", "n_b"), [(1, 1), (3, 5), (6, 6), (2, 9)])
+def test_fisher_exact_p_matches_enumeration(n_a: int, n_b: int) -> None:
+    for a in range(n_a + 1):
+        for b in range(n_b + 1):
+            want = float(_brute_fisher_p(a, n_a, b, n_b))
+            assert fisher_exact_p(a, n_a, b, n_b) == pytest.approx(want, rel=1e-12), (a, b)
+
+
+def test_proportions_agree_at_the_stated_level() -> None:
+    assert proportions_agree(199, 200, 200, 200)  # p = 1: a rebuild's 200/200 is the same
+    assert not proportions_agree(100, 200, 180, 200)  # 50% vs 90%
+    assert fisher_exact_p(100, 200, 180, 200) < 1e-15
+    # 6/8 vs 1/5 has p = 4/39 = 0.1026: the same at 0.01 and 0.05, different at 0.15
+    assert proportions_agree(6, 8, 1, 5) and proportions_agree(6, 8, 1, 5, alpha=0.05)
+    assert not proportions_agree(6, 8, 1, 5, alpha=0.15)
+    # p <= alpha rejects: 0/10 vs 10/10 has p = 1/92378
+    assert not proportions_agree(0, 10, 10, 10, alpha=1 / 92378)
+    assert proportions_agree(0, 10, 10, 10, alpha=1 / 92378 * (1 - 1e-9))
+
+
+@pytest.mark.parametrize(
+    ("a", "n_a", "b", "n_b"),
+    [(0, 0, 1, 10), (1, 10, 0, 0), (11, 10, 1, 10), (1, 10, -1, 10), (1.0, 10, 1, 10),
+     (True, 10, 1, 10), (1, 10, 1, 10.0)],
+)  # fmt: skip
+def test_fisher_exact_p_refuses_bad_input(a, n_a, b, n_b) -> None:
+    with pytest.raises(ValueError):
+        fisher_exact_p(a, n_a, b, n_b)
+    with pytest.raises(ValueError):
+        proportions_agree(a, n_a, b, n_b)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, math.nan])
+def test_proportions_agree_refuses_a_bad_level(alpha: float) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        proportions_agree(1, 10, 2, 10, alpha=alpha)
 
 
 def _brute_pass_at_k(n: int, c: int, k: int) -> Fraction:

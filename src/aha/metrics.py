@@ -1,4 +1,4 @@
-"""Success metrics of sampled completions: Wilson intervals, unbiased pass@k, lengths.
+"""Success metrics of sampled completions: Wilson intervals, Fisher's test, pass@k, lengths.
 
 Pure Python (no torch, no numpy): the `score` stage must stay cheap to import and its numbers
 easy to check by hand. A completion counts as a success when its equation reward is exactly 1.0
@@ -50,6 +50,41 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     lo = 0.0 if successes == 0 else max(0.0, center - half)
     hi = 1.0 if successes == n else min(1.0, center + half)
     return lo, hi
+
+
+def fisher_exact_p(successes_a: int, n_a: int, successes_b: int, n_b: int) -> float:
+    """Two-sided p-value of Fisher's exact test that two binomial proportions are equal.
+
+    Exact at any counts, 0/n and n/n included, where a normal approximation is at its worst:
+    given the total successes, group a's count is hypergeometric, and the p-value sums the
+    probabilities of every split no more likely than the observed one (the usual two-sided
+    rule). Integer arithmetic, so ties are exact and no tolerance is needed. n = 0: ValueError.
+    """
+    for name, successes, n in (("a", successes_a, n_a), ("b", successes_b, n_b)):
+        _check_count(f"successes_{name}", successes)
+        _check_count(f"n_{name}", n)
+        if n == 0:
+            raise ValueError(f"fisher_exact_p: n_{name} = 0 trials has no proportion")
+        if successes > n:
+            raise ValueError(f"fisher_exact_p: successes_{name} {successes} > n_{name} {n}")
+    total = successes_a + successes_b
+    # ways to place `total` successes with k of them in group a
+    ways = [
+        math.comb(n_a, k) * math.comb(n_b, total - k)
+        for k in range(max(0, total - n_b), min(total, n_a) + 1)
+    ]
+    observed = math.comb(n_a, successes_a) * math.comb(n_b, successes_b)
+    return sum(w for w in ways if w <= observed) / math.comb(n_a + n_b, total)
+
+
+def proportions_agree(
+    successes_a: int, n_a: int, successes_b: int, n_b: int, alpha: float = 0.01
+) -> bool:
+    """Whether two success counts are consistent with one rate: Fisher's two-sided exact test
+    does not reject equal proportions at level `alpha` (rejects when p <= alpha)."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"proportions_agree: alpha must be in (0, 1), got {alpha}")
+    return fisher_exact_p(successes_a, n_a, successes_b, n_b) > alpha
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
