@@ -1,4 +1,4 @@
-"""workflow/envs/aha.yaml (the conda GPU env) and pyproject.toml pin the same versions."""
+"""environment.yml (the conda GPU env) and pyproject.toml pin the same versions."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def pyproject_pins() -> dict[str, str]:
 
 
 def conda_pip_pins() -> dict[str, str]:
-    env = yaml.safe_load((ROOT / "workflow/envs/aha.yaml").read_text())
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     return pins(pip)
 
@@ -59,12 +59,25 @@ def test_the_rehearsal_extra_pins_the_gpu_extra_versions() -> None:
     assert f"deepspeed=={gpu['deepspeed']}" in makefile  # built into a wheel by the Makefile
 
 
-def test_rules_use_the_one_environment_file_which_installs_this_repository() -> None:
-    rules = "".join(p.read_text() for p in (ROOT / "workflow" / "rules").glob("*.smk"))
-    assert set(re.findall(r'conda:\s*"([^"]+)"', rules)) == {"../envs/aha.yaml"}
-    env = yaml.safe_load((ROOT / "workflow" / "envs" / "aha.yaml").read_text())
+def test_rules_use_the_one_environment_file_and_find_this_checkouts_package() -> None:
+    """Every rule names the root environment.yml (users' `conda env create -f` file), itself;
+    the package comes from the checkout's src/, on the path of Snakemake and of every rule."""
+    rules = sorted((ROOT / "workflow" / "rules").glob("*.smk"))
+    paths = {
+        (rule.parent / path).resolve()
+        for rule in rules
+        for path in re.findall(r'conda:\s*"([^"]+)"', rule.read_text())
+    }
+    assert paths == {(ROOT / "environment.yml").resolve()}  # relative to each .smk file
+    assert not (ROOT / "workflow" / "envs").exists()  # no second copy
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    assert "-e ../.." in pip  # pip runs in the env file's folder: the repository root
+    # not installed from the env file: a relative `-e` would resolve against Snakemake's copy of
+    # it in .snakemake/conda/ under --sdm conda; the workflow puts its src/ on the path instead
+    assert not [line for line in pip if line.startswith("-e")]
+    assert 'sys.path.insert(0, f"{workflow.basedir}/src")' in (ROOT / "Snakefile").read_text()
+    common = (ROOT / "workflow" / "rules" / "common.smk").read_text()
+    assert 'export PYTHONPATH="{workflow.basedir}/src' in common
     tracked = subprocess.run(
         ["git", "ls-files", "-s"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.splitlines()

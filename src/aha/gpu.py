@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-INSTALL_HINT = "pip install 'aha-countdown[gpu]' or use workflow/envs/aha.yaml (CPU rehearsal: make install-rehearsal)"
+INSTALL_HINT = "pip install 'aha-countdown[gpu]' or use environment.yml (CPU rehearsal: make install-rehearsal)"
 
 # package each mode (or feature) needs -> import name
 MODE_PACKAGES: dict[str, tuple[str, ...]] = {

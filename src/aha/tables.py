@@ -180,7 +180,7 @@ def environment_page(workflow_dir: Path | None) -> str:
     rows.append(("workflow revision", revision or "unknown (not a git checkout)"))
     body = (
         '<p class="note">The environment that ran the report rules. Every rule runs the same '
-        "pinned environment (pyproject.toml for CPU, workflow/envs/aha.yaml for GPUs); GPU-only "
+        "pinned environment (pyproject.toml for CPU, environment.yml for GPUs); GPU-only "
         "packages show as not installed on CPU.</p><table><tbody>"
         + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
         + "</tbody></table>"

@@ -15,6 +15,6 @@ rule prepare_data:
     benchmark:
         BENCHMARKS["prepare_data"]
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
         "python -m aha prepare-data --dataset {params.dataset:q} --out-dir {params.out_dir} > {log} 2>&1"

@@ -28,7 +28,7 @@ rule sample:
     benchmark:
         BENCHMARKS["sample"]
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
         "{params.gpu_log} OMP_NUM_THREADS={threads} python -m aha sample --model {params.model} "
         "--eval {input.eval} --sampling {params.sampling:q} --backend {params.backend} "
@@ -63,7 +63,7 @@ rule score:
     log:
         "logs/score/{run}-seed{seed}-{step}.log",
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
         "python -m aha score --samples {input} --run {wildcards.run} --step {wildcards.step} "
         "{params.seed} --out {output} > {log} 2>&1"
@@ -94,7 +94,7 @@ rule aggregate:
     log:
         "logs/aggregate/aggregate.log",
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
         "python -m aha aggregate --scores {input} --out {output.summary} "
         "--by-pattern-out {output.by_pattern} --across-seeds-out {output.across_seeds} "

@@ -21,7 +21,7 @@ rule build_tiny_model:
     benchmark:
         BENCHMARKS["build_tiny_model"]
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
         "OMP_NUM_THREADS={threads} python -m aha build-tiny-model --tiny {params.tiny:q} "
         "--train {input.train} --seed {params.seed} {params.prebuilt} --out-dir {output.model} "

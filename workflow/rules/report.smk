@@ -158,7 +158,7 @@ rule plots:
     log:
         "logs/plots/plots.log",
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
         "MPLBACKEND=Agg python -m aha plots --summary {input.summary} {params.tables} "
         "{params.train_logs} --runs {params.runs:q} --report {params.report:q} "
@@ -203,7 +203,7 @@ rule tables:
     log:
         "logs/tables/tables.log",
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
         "python -m aha tables --summary {input.summary} {params.samples} --runs {params.runs:q} "
         "--report {params.report:q} --workflow-dir {params.workflow_dir:q} "
@@ -233,7 +233,7 @@ rule compute:
     log:
         "logs/compute/compute.log",
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
         "MPLBACKEND=Agg python -m aha compute {params.benchmarks} {params.train_logs} "
         "--runs {params.runs:q} --table {output.table} --figure {output.figure} > {log} 2>&1"
