@@ -22,7 +22,7 @@ from aha import gpu
 from aha.config import batch_notes, completions_per_step, default_devices, run_view
 from aha.launch import LaunchError, train_command
 from aha.sample_vllm import Completion, lora_rank, to_completions
-from aha.vllm_server import server_flags, split_gpus
+from aha.vllm_server import split_gpus
 from tests.processes import alive, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,10 +53,12 @@ def test_zero3_colocate_launches_accelerate_on_every_gpu():
         spec("zero3", use_vllm=True, vllm_mode="colocate"), 4, PY, ARGS, accelerate_config=ZERO3
     )
     assert cmd == [
-        "env", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=240",  # time for every rank to save on SIGTERM
+        # the default 300 s stop budget less torchrun's own exit: every rank saves on SIGTERM
+        "env", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=285",
         PY, "-m", "accelerate.commands.launch",
         "--config_file", ZERO3,
         "--num_processes", "4",
+        "--main_process_port", "0",  # a free rendezvous port per job, not 29500
         "-m", "aha", "train", *ARGS,
     ]  # fmt: skip
 
@@ -70,13 +72,17 @@ def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
     cut = cmd.index("--")
     assert cmd[:cut] == [
         PY, "-m", "aha", "with-vllm-server",
-        "--model", "Org/Model", "--gpus", "4", "--port", "8123",
-        "--grace", "300",  # torchrun's 240 s for the ranks' save, and a minute more
+        "--model", "Org/Model", "--gpus", "4", "--port", "8123",  # pinned by the config
+        # the default 300 s stop budget less 45 s to stop the server; 30 s of it its own grace
+        "--grace", "255", "--server-grace", "30",
         "--server-args", '{"gpu_memory_utilization": 0.5}',
         "--server-log", "logs/train/r.vllm-server.log",
     ]  # fmt: skip
     launch = cmd[cut + 1 :]
     assert launch[launch.index("--num_processes") + 1] == "3"
+    # within the wrapper's grace, less 15 s for torchrun's own exit
+    assert launch[:2] == ["env", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=240"]
+    assert launch[launch.index("--main_process_port") + 1] == "0"
     assert launch[-len(ARGS) - 3 :] == ["-m", "aha", "train", *ARGS]
 
 
@@ -84,7 +90,11 @@ def test_zero3_server_serves_the_model_it_is_given_and_needs_two_gpus():
     run = spec("zero3", use_vllm=True, vllm_mode="server")
     cmd = train_command(run, 2, PY, [], model="results/models/tiny", accelerate_config=ZERO3)
     assert cmd[cmd.index("--model") + 1] == "results/models/tiny"
-    assert cmd[cmd.index("--port") + 1] == "8000"  # GRPOConfig's default port
+    # no pinned port: the wrapper chooses free ones when the job starts
+    assert "--port" not in cmd and "--group-port" not in cmd
+    pinned = spec("zero3", use_vllm=True, vllm_mode="server", vllm_group_port=52000)
+    cmd = train_command(pinned, 2, PY, [], accelerate_config=ZERO3)
+    assert cmd[cmd.index("--group-port") + 1] == "52000" and "--port" not in cmd
     assert "--server-args" not in cmd
     with pytest.raises(LaunchError, match="at least 2 GPUs"):
         train_command(run, 1, PY, [])
@@ -158,30 +168,7 @@ def test_gpu_runs_declare_their_gpus_and_a_rehearsal_none(tmp_path):
     assert ("train", "qwen-zero3-colocate") in rehearsal
 
 
-# --- trl vllm-serve flags and GPU split ---------------------------------------------------
-
-
-def test_server_flags_are_valid_trl_vllm_serve_arguments():
-    from trl.scripts.vllm_serve import make_parser
-
-    options = {"gpu_memory_utilization": 0.5, "max_model_len": 2048, "enforce_eager": True,
-               "enable_prefix_caching": False, "revision": None}  # fmt: skip
-    flags = server_flags(options)
-    assert flags == ["--gpu_memory_utilization", "0.5", "--max_model_len", "2048",
-                     "--enforce_eager", "--enable_prefix_caching", "false"]  # fmt: skip
-    parsed, extra = make_parser(prog="trl vllm-serve").parse_args_and_config(
-        args=["--model", "M", "--port", "8001", *flags], return_remaining_strings=True
-    )
-    assert extra == []
-    assert (parsed.model, parsed.port, parsed.gpu_memory_utilization) == ("M", 8001, 0.5)
-    assert (parsed.max_model_len, parsed.enforce_eager, parsed.enable_prefix_caching) == (
-        2048, True, False,
-    )  # fmt: skip
-
-
-def test_server_flags_refuse_what_the_workflow_sets():
-    with pytest.raises(LaunchError, match=r"vllm_server\.port"):
-        server_flags({"port": 9000})
+# --- GPU split (the vllm serve command: tests/test_vllm_serve.py) ------------------------
 
 
 def test_split_gpus_gives_the_server_the_last_visible_device():
@@ -223,13 +210,14 @@ STANDIN = textwrap.dedent(
     """
     import argparse, http.server, json, os, signal, subprocess, sys, time
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model")
+    parser.add_argument("model")  # `vllm serve MODEL`
     parser.add_argument("--port", type=int)
     args, rest = parser.parse_known_args()
     mode = os.environ.get("STANDIN_MODE", "ok")
     worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     record = {"argv": sys.argv[1:], "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"),
-              "pid": os.getpid(), "worker": worker.pid}
+              "pid": os.getpid(), "worker": worker.pid,
+              "dev_mode": os.environ.get("VLLM_SERVER_DEV_MODE")}
     with open(os.environ["STANDIN_RECORD"], "w") as f:
         json.dump(record, f)
     if mode == "die":
@@ -255,8 +243,8 @@ STANDIN = textwrap.dedent(
 TRAINER = textwrap.dedent(
     """
     import json, os, signal, sys, time, urllib.request
-    out, action, port = sys.argv[1], sys.argv[2], sys.argv[3]
-    status = urllib.request.urlopen(f"http://127.0.0.1:{port}/health").status
+    out, action = sys.argv[1], sys.argv[2]
+    status = urllib.request.urlopen(os.environ["AHA_VLLM_SERVER_URL"] + "/health").status
     record = {"cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "health": status,
               "job_gpus": os.environ.get("AHA_GPU_DEVICES")}
     with open(out, "w") as f:
@@ -292,7 +280,7 @@ def harness(tmp_path: Path):
             "--server-command", json.dumps([sys.executable, str(tmp_path / "standin.py")]),
             "--grace", str(grace), "--health-timeout", str(timeout),
             "--", sys.executable, str(tmp_path / "trainer.py"),
-            str(tmp_path / "trainer.json"), action, str(port),
+            str(tmp_path / "trainer.json"), action,
         ]  # fmt: skip
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5,7", "STANDIN_MODE": mode,
                "STANDIN_RECORD": str(tmp_path / "server.json")}  # fmt: skip
@@ -321,8 +309,14 @@ def test_wrapper_runs_command_after_health_and_stops_the_server(harness):
     assert server["cuda"] == "7" and trainer["cuda"] == "3,5"  # last GPU serves
     assert trainer["job_gpus"] == "3,5,7"  # what rank 0's GPU log samples (aha.gpu_monitor)
     assert trainer["health"] == 200  # the command started only once the server was healthy
-    assert server["argv"] == ["--model", "Org/Model", "--port", server["argv"][3],
-                              "--gpu_memory_utilization", "0.5"]  # fmt: skip
+    # `vllm serve` as TRL runs it, on this node only, the run's options replacing TRL's
+    assert server["argv"] == [
+        "Org/Model", "--host", "127.0.0.1", "--port", server["argv"][4],
+        "--gpu-memory-utilization", "0.5", "--model-impl", "vllm", "--enable-scale-out",
+        "--weight-transfer-config", '{"backend": "nccl"}', "--logprobs-mode",
+        "processed_logprobs", "--max-logprobs", "-1",
+    ]  # fmt: skip
+    assert server["dev_mode"] == "1"  # TRL's weight-transfer endpoints
     assert f"vLLM server log: {harness.tmp / 'logs' / 'server.log'}" in proc.stderr
     assert (harness.tmp / "logs" / "server.log").exists()
     assert_server_stopped(server)
@@ -390,7 +384,7 @@ def test_wrapper_refuses_a_busy_port(harness):
         busy.listen()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert f"port {port} is already in use" in proc.stderr
+    assert f"grpo.vllm_server_port: port {port} is already in use" in proc.stderr
     assert not (harness.tmp / "server.json").exists()
 
 

@@ -1,11 +1,16 @@
-"""`python -m aha with-vllm-server` under preemption: the server outlives an outside SIGTERM
-until the training command has exited, signals reach whole process trees (ranks in their own
-sessions included), and the graces are the training command's and the server's own.
+"""`python -m aha with-vllm-server`: per-job ports, and preemption.
 
-Driven through the CLI against a stand-in server that behaves like vLLM where it matters: it
-starts a worker with multiprocessing's spawn (which starts the resource tracker, which
-unblocks SIGTERM), answers /health only while that worker lives, and shuts down on SIGTERM or
-SIGINT like uvicorn. The training command is a small script with a few behaviours.
+- Ports: free ones chosen per job unless pinned (a busy pin fails naming its key), handed to
+  the trainer, whose no_proxy names 127.0.0.1; a second listener on the server's port (vLLM
+  sets SO_REUSEPORT with several API servers) fails the job, before or during training.
+- Preemption: the server outlives an outside SIGTERM until the training command has exited,
+  signals reach whole process trees (ranks in their own sessions included), and the graces
+  are the training command's and the server's own, all derived from one stop budget.
+
+Driven through the CLI against a stand-in server that behaves like vLLM where it matters, and a
+small training command with a few behaviours (tests/vllm_standins.py). The stop budget's own
+derivation is tests/test_stop_budget.py; the server's command line and the trainer's client
+settings are tests/test_vllm_serve.py.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import inspect
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -24,132 +30,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from aha import vllm_server
-from aha.launch import ELASTIC_SHUTDOWN_TIMEOUT_S
+from aha import process_tree, vllm_server
+from aha.launch import (
+    DEFAULT_SIGNAL_LEAD_S,
+    stop_budget,
+)
+from aha.ports import PortError, PortWatch, reserve_ports
 from aha.process_tree import descendants
-from aha.vllm_server import cli_with_vllm_server, run_with_server
+from aha.vllm_server import cli_with_vllm_server, local_no_proxy, run_with_server
 from tests.processes import alive, free_port, wait_until
-
-STANDIN = textwrap.dedent(
-    """
-    import argparse, http.server, json, multiprocessing as mp, os, signal, subprocess, sys, time
-
-
-    def work(mode):
-        if mode == "stubborn":
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-        time.sleep(120)
-
-
-    if __name__ == "__main__":
-        parser = argparse.ArgumentParser()
-        parser.add_argument("--model")
-        parser.add_argument("--port", type=int)
-        args, _ = parser.parse_known_args()
-        mode = os.environ.get("STANDIN_MODE", "ok")
-        path = os.environ["STANDIN_RECORD"]
-        worker = mp.get_context("spawn").Process(target=work, args=(mode,))
-        worker.start()  # like vLLM's engine: multiprocessing's resource tracker starts too
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
-        record = {"pid": os.getpid(), "worker": worker.pid, "blocked": signal.SIGTERM in mask}
-        if mode == "detached":  # a process of its own session that ignores SIGINT
-            record["detached"] = subprocess.Popen(
-                [sys.executable, "-c", "import signal, time; "
-                 "signal.signal(signal.SIGINT, signal.SIG_IGN); time.sleep(120)"],
-                start_new_session=True,
-            ).pid
-
-        def stop(signum, frame):  # like uvicorn: a clean shutdown on SIGTERM or SIGINT
-            with open(path + ".stopped", "w") as f:
-                f.write(signal.Signals(signum).name)
-            worker.kill()
-            os._exit(0)
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, signal.SIG_IGN if mode == "stubborn" else stop)
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(path + ".tmp", path)
-
-        class Health(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):  # healthy only while the engine (worker) runs
-                ok = self.path == "/health" and worker.is_alive()
-                self.send_response(200 if ok else 503)
-                self.end_headers()
-
-            def log_message(self, *a):
-                pass
-
-        http.server.HTTPServer(("127.0.0.1", args.port), Health).serve_forever()
-    """
-)
-
-TRAINER = textwrap.dedent(
-    """
-    import json, os, signal, subprocess, sys, time, urllib.request
-    out, action, port, step_s, grandchild_py = sys.argv[1:6]
-
-
-    def health():
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).status
-        except Exception as err:
-            return repr(err)
-
-
-    def touch(path):
-        open(path, "w").close()
-
-
-    stop = []
-    if action == "save":
-        signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
-    record = {"pid": os.getpid(), "health": health()}
-    if action in ("tree", "leftover"):  # a rank in its own session, as torchrun starts them
-        behaviour = "stay" if action == "tree" else "exit"
-        gc = subprocess.Popen([sys.executable, grandchild_py, out + ".gc", behaviour],
-                              start_new_session=True)
-        record["grandchild"] = gc.pid
-        while not os.path.exists(out + ".gc.ready"):
-            time.sleep(0.02)
-    with open(out + ".tmp", "w") as f:
-        json.dump(record, f)
-    os.replace(out + ".tmp", out)
-    if action == "ok":
-        sys.exit(0)
-    if action == "leftover":
-        sys.exit(0)  # leaves its grandchild running
-    touch(out + ".started")
-    if action == "save":
-        while not stop:
-            time.sleep(0.02)
-        time.sleep(float(step_s))  # the step still runs; then the save needs the server
-        with open(out + ".save", "w") as f:
-            json.dump({"health": health(), "signals": len(stop)}, f)
-        sys.exit(143)
-    time.sleep(60)  # "tree": SIGTERM's default action ends it
-    """
-)
-
-GRANDCHILD = textwrap.dedent(
-    """
-    import signal, sys, time
-    out, behaviour = sys.argv[1], sys.argv[2]
-
-
-    def on_term(signum, frame):
-        open(out + ".term", "w").close()
-        if behaviour == "exit":
-            sys.exit(0)
-
-
-    signal.signal(signal.SIGTERM, on_term)
-    open(out + ".ready", "w").close()
-    end = time.monotonic() + 120
-    while time.monotonic() < end:
-        time.sleep(0.05)
-    """
-)
+from tests.vllm_standins import DEAD_PROXY, GRANDCHILD, NEIGHBOUR, STANDIN, TRAINER
 
 
 def read_json(path: Path) -> dict:
@@ -159,7 +49,9 @@ def read_json(path: Path) -> dict:
 @pytest.fixture
 def harness(tmp_path: Path):
     """Starts the wrapper around the stand-ins; kills whatever of theirs is left afterwards."""
-    for name, text in [("standin", STANDIN), ("trainer", TRAINER), ("grandchild", GRANDCHILD)]:
+    scripts = [("standin", STANDIN), ("trainer", TRAINER), ("grandchild", GRANDCHILD),
+               ("neighbour", NEIGHBOUR)]  # fmt: skip
+    for name, text in scripts:
         (tmp_path / f"{name}.py").write_text(text)
     port = free_port()
     wrappers: list[subprocess.Popen] = []
@@ -171,20 +63,32 @@ def harness(tmp_path: Path):
         grace: float = 5.0,
         server_grace: float = 2.0,
         step_s: float = 0.0,
+        pinned: bool = True,
+        reuse_port: bool = False,
+        go: Path | None = None,
+        port_check: float = 10.0,
     ) -> subprocess.Popen:
         cmd = [
             sys.executable, "-c",
             "import sys; from aha.vllm_server import cli_with_vllm_server as c; "
             "c(sys.argv[1:], 'with-vllm-server')",
-            "--model", "Org/Model", "--gpus", "2", "--port", str(port),
+            "--model", "Org/Model", "--gpus", "2", *(["--port", str(port)] if pinned else []),
             "--server-command", json.dumps([sys.executable, str(tmp_path / "standin.py")]),
             "--grace", str(grace), "--server-grace", str(server_grace),
-            "--health-timeout", "30",
+            "--health-timeout", "30", "--port-check-interval", str(port_check),
             "--", sys.executable, str(tmp_path / "trainer.py"), str(tmp_path / "trainer.json"),
-            action, str(port), str(step_s), str(tmp_path / "grandchild.py"),
+            action, str(step_s), str(tmp_path / "grandchild.py"),
         ]  # fmt: skip
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1", "STANDIN_MODE": mode,
-               "STANDIN_RECORD": str(tmp_path / "server.json")}  # fmt: skip
+               "STANDIN_RECORD": str(tmp_path / "server.json"),
+               # a cluster's proxy settings: the trainer must still reach its server directly
+               "http_proxy": DEAD_PROXY, "HTTP_PROXY": DEAD_PROXY,
+               "no_proxy": "example.org"}  # fmt: skip
+        env.pop("NO_PROXY", None)
+        if reuse_port:
+            env["STANDIN_REUSEPORT"] = "1"
+        if go is not None:
+            env["STANDIN_GO"] = str(go)
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         wrappers.append(proc)
         return proc
@@ -199,8 +103,21 @@ def harness(tmp_path: Path):
     def started() -> bool:
         return (tmp_path / "trainer.json.started").exists()
 
+    neighbours: list[subprocess.Popen] = []
+
+    def neighbour(on_port: int) -> subprocess.Popen:
+        """Another job's server on `on_port` (SO_REUSEPORT), outside the wrapper's tree."""
+        ready = tmp_path / f"neighbour-{len(neighbours)}.ready"
+        script = str(tmp_path / "neighbour.py")
+        proc = subprocess.Popen([sys.executable, script, str(on_port), str(ready)])
+        neighbours.append(proc)
+        assert wait_until(ready.exists, 10), "neighbour server never listened"
+        return proc
+
     ns = SimpleNamespace(
         tmp=tmp_path,
+        port=port,
+        neighbour=neighbour,
         start=start,
         run=run,
         started=started,
@@ -209,7 +126,7 @@ def harness(tmp_path: Path):
         stopped_by=lambda: (tmp_path / "server.json.stopped").read_text(),
     )
     yield ns
-    for proc in wrappers:
+    for proc in wrappers + neighbours:
         if proc.poll() is None:
             proc.kill()
     pids = [ns.server().get(k) for k in ("pid", "worker", "detached")]
@@ -305,7 +222,7 @@ def test_sigterm_guard_survives_multiprocessing_spawn(tmp_path):
         return out.stdout.strip()
 
     assert masks(dict(os.environ)) == "False False"  # what the guard is for
-    guarded = vllm_server._guarded_env(str(tmp_path), dict(os.environ))
+    guarded = process_tree.guarded_env(str(tmp_path), dict(os.environ))
     assert masks(guarded) == "True True"
 
 
@@ -376,7 +293,7 @@ def test_server_ignoring_sigint_is_killed_after_the_server_grace_not_the_grace(h
     assert_gone(harness.server()["pid"], harness.server()["worker"], timeout=1)
 
 
-def test_grace_defaults_follow_torchruns_shutdown_timeout(monkeypatch):
+def test_grace_defaults_are_the_default_stop_budgets(monkeypatch):
     calls: list[dict] = []
     monkeypatch.setattr(vllm_server, "run_with_server", lambda *a, **kw: calls.append(kw) or 0)
     base = ["--model", "M", "--gpus", "2"]
@@ -384,10 +301,15 @@ def test_grace_defaults_follow_torchruns_shutdown_timeout(monkeypatch):
         with pytest.raises(SystemExit) as exc:
             cli_with_vllm_server([*argv, "--", "true"], "with-vllm-server")
         assert exc.value.code == 0
-    assert (calls[0]["grace"], calls[0]["server_grace"]) == (ELASTIC_SHUTDOWN_TIMEOUT_S + 60, 30)
+    server_run = {"mode": "zero3", "grpo": {"use_vllm": True, "vllm_mode": "server"}}
+    budget = stop_budget(server_run)  # no slurm_extra: the default lead
+    assert budget.lead_s == DEFAULT_SIGNAL_LEAD_S == 300
+    assert (
+        (calls[0]["grace"], calls[0]["server_grace"]) == (budget.wrapper_grace_s, 30) == (255, 30)
+    )
     assert (calls[1]["grace"], calls[1]["server_grace"]) == (7, 3)
     defaults = inspect.signature(run_with_server).parameters
-    assert defaults["grace"].default == ELASTIC_SHUTDOWN_TIMEOUT_S + 60
+    assert defaults["grace"].default == budget.wrapper_grace_s
     assert defaults["server_grace"].default == 30
 
 
@@ -424,3 +346,104 @@ def test_health_check_goes_direct_whatever_http_proxy_says(tmp_path):
         assert out.stdout.strip() == "True"
     finally:
         server.shutdown()
+
+
+# --- 4. ports per job ---------------------------------------------------------------------
+
+
+def test_free_ports_are_chosen_distinct_and_pins_kept():
+    pinned = free_port()
+    ports = reserve_ports(
+        {"grpo.vllm_server_port": None, "grpo.vllm_group_port": None, "x": pinned}
+    )
+    assert ports["x"] == pinned
+    assert len(set(ports.values())) == 3 and all(p > 0 for p in ports.values())
+
+
+def test_a_busy_pinned_port_is_an_error_naming_its_key():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(PortError, match=rf"^grpo\.vllm_group_port: port {port} is already in"):
+            reserve_ports({"grpo.vllm_server_port": None, "grpo.vllm_group_port": port})
+
+
+def test_unpinned_ports_are_chosen_and_reach_the_trainer_which_bypasses_the_proxy(harness):
+    """No port in the config: the wrapper picks the server's and the weight-sync group's, the
+    server listens on 127.0.0.1 there, and the trainer gets both, with a no_proxy that keeps
+    the cluster's entries and adds 127.0.0.1: its request through the environment's (dead)
+    http_proxy settings reaches the server."""
+    done, _ = harness.run("ok", pinned=False)
+    assert done.returncode == 0, done.stderr
+    server, trainer = harness.server(), harness.trainer()
+    url = f"http://127.0.0.1:{server['port']}"
+    assert server["host"] == "127.0.0.1" and trainer["AHA_VLLM_SERVER_URL"] == url
+    group = int(trainer["AHA_VLLM_GROUP_PORT"])
+    assert group not in (server["port"], 0)
+    assert f"ports: server {url}, weight-sync group {group}" in done.stderr
+    assert trainer["health"] == 200, trainer  # not the proxy's connection refused
+    assert trainer["no_proxy"] == trainer["NO_PROXY"] == "example.org,127.0.0.1,localhost"
+
+
+def test_local_no_proxy_appends_to_both_spellings():
+    assert local_no_proxy({}) == {
+        "no_proxy": "127.0.0.1,localhost",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }
+    merged = local_no_proxy({"NO_PROXY": "a.org, localhost", "no_proxy": "b.org"})
+    assert merged["no_proxy"] == merged["NO_PROXY"] == "b.org,a.org,localhost,127.0.0.1"
+
+
+def test_port_watch_names_a_second_listener_on_the_servers_port(harness):
+    """Two servers on one port with SO_REUSEPORT (as vLLM binds with several API servers):
+    the kernel splits the connections. Only the server's own process tree may listen."""
+    port = free_port()
+    ours = harness.neighbour(port)
+    watch = PortWatch(ours.pid, "127.0.0.1", port, "HINT")
+    assert watch.problem() is None
+    theirs = harness.neighbour(port)
+    problem = watch.problem()
+    assert problem and f"pid {theirs.pid}" in problem and "also listen" in problem
+    assert problem.endswith("HINT")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]) as idle:
+        alone = PortWatch(idle.pid, "127.0.0.1", port, "HINT").problem()  # owns neither
+        idle.kill()
+    assert alone and "is served by" in alone and "not by this job's vLLM server" in alone
+
+
+def test_a_second_listener_on_the_port_fails_the_job_before_training(harness):
+    """The wrapper's busy check passed, then another job's server bound the same port (it
+    was pinned in both): /health answers (either server may), the ownership check does not."""
+    go = harness.tmp / "go"
+    wrapper = harness.start("ok", reuse_port=True, go=go)
+    try:
+        assert wait_until(lambda: harness.server().get("pid"), 30), "server never bound"
+        other = harness.neighbour(harness.port)
+        go.touch()
+        _, stderr = wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+    assert wrapper.returncode == 1, stderr
+    assert f"pid {other.pid}" in stderr and "also listen(s) on 127.0.0.1" in stderr
+    assert f"beside this job's vLLM server (pid {harness.server()['pid']})" in stderr
+    assert "remove grpo.vllm_server_port" in stderr  # the port was pinned
+    assert not harness.started() and not harness.trainer(), "training ran against two servers"
+    assert_gone(harness.server()["pid"], harness.server()["worker"])
+
+
+def test_a_listener_appearing_during_training_stops_it(harness):
+    wrapper = harness.start("tree", reuse_port=True, pinned=False, grace=2, port_check=0.2)
+    try:
+        assert wait_until(harness.started, 30), "training command never started"
+        harness.neighbour(harness.server()["port"])
+        _, stderr = wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+    assert wrapper.returncode != 0, stderr
+    assert "error during training: " in stderr and "stopping the training command" in stderr
+    assert "rerun the job: it chooses other free ports" in stderr
+    assert (harness.tmp / "trainer.json.gc.term").exists()  # SIGTERM: its ranks save first
+    assert_gone(harness.trainer()["pid"], harness.server()["pid"])

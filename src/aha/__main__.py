@@ -27,9 +27,13 @@ STAGES: dict[str, tuple[str, str]] = {
     "tables": ("aha.tables", "HTML tables for the report"),
     "compute": ("aha.compute", "wall, CPU and GPU hours per stage and s/step for the report"),
     "check-gpu": ("aha.gpu", "check CUDA, GPU packages and the model before a GPU run"),
+    "check-contracts": (
+        "aha.contracts",
+        "check every device branch's CUDA arguments with the pinned libraries (no GPU needed)",
+    ),
     "with-vllm-server": (
         "aha.vllm_server",
-        "run a command beside a `trl vllm-serve` on the last GPU",
+        "run a command beside vLLM's own `vllm serve` on the last GPU",
     ),
 }
 

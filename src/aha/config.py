@@ -126,6 +126,7 @@ def run_view(config: dict[str, Any], run: str) -> dict[str, Any]:
         "lora": dict(spec.get("lora") or {}),
         "quantization": dict(spec.get("quantization") or {}),
         "vllm_server": dict(spec.get("vllm_server") or {}),
+        "weight_sync_timeout_s": spec.get("weight_sync_timeout_s"),
     }
 
 
@@ -150,13 +151,65 @@ def replicate_view(config: dict[str, Any], run: str, seed: int) -> dict[str, Any
 
 
 def uses_vllm_server(run_spec: dict[str, Any]) -> bool:
-    """A zero3 run generating on a separate `trl vllm-serve` (the wrapper starts it)."""
+    """A zero3 run generating on a separate `vllm serve` (the wrapper starts it)."""
     grpo = run_spec.get("grpo") or {}
     return (
         run_spec.get("mode") == "zero3"
         and bool(grpo.get("use_vllm"))
         and grpo.get("vllm_mode", "colocate") == "server"
     )
+
+
+# How the server wrapper (aha.vllm_server) tells `aha train` where this job's server is: it
+# chooses the ports when the job starts, so they cannot be in the run's config.
+ENV_SERVER_URL = "AHA_VLLM_SERVER_URL"
+ENV_GROUP_PORT = "AHA_VLLM_GROUP_PORT"
+# GRPOConfig keys the workflow sets in server mode: its server listens on the node's 127.0.0.1.
+GRPO_SERVER_KEYS_SET = ("vllm_server_base_url", "vllm_server_host")
+# `vllm serve` options the workflow sets, with why (runs.<run>.vllm_server may not set them).
+VLLM_SERVE_RESERVED = {
+    "model": "the run's model",
+    "host": "127.0.0.1: the server is the job's, not the cluster's",
+    "port": "grpo.vllm_server_port, or a free port chosen when the job starts",
+    "weight_transfer_config": "TRL's NCCL weight sync",
+    "logprobs_mode": "TRL: processed_logprobs, for its importance sampling",
+    "max_logprobs": "TRL: -1, no cap",
+    "enable_scale_out": "TRL's /inference/v1/generate",
+}
+
+
+def vllm_client_args(run_spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """GRPOConfig's server-mode client settings: the server and weight-sync group ports that
+    the wrapper chose for this job (`env`). Nothing outside server mode or the wrapper."""
+    if not uses_vllm_server(run_spec) or ENV_SERVER_URL not in env:
+        return {}
+    url = env[ENV_SERVER_URL]
+    host, _, port = url.removeprefix("http://").partition(":")
+    chosen = {"vllm_server_port": int(port), "vllm_group_port": int(env[ENV_GROUP_PORT])}
+    grpo = run_spec.get("grpo") or {}
+    for key, value in chosen.items():
+        if grpo.get(key) is not None and int(grpo[key]) != value:
+            raise ConfigError(f"grpo.{key}: {grpo[key]}, but the server wrapper serves on {value}")
+    return {"vllm_server_base_url": url, "vllm_server_host": host, **chosen}
+
+
+def _check_server_keys(key: str, spec: dict[str, Any]) -> None:
+    """Server mode: no client address of the run's own, distinct pinned ports, no option of
+    `vllm serve` that the workflow sets."""
+    grpo = spec["grpo"]
+    for name in GRPO_SERVER_KEYS_SET:
+        if grpo.get(name) is not None:
+            raise ConfigError(
+                f"{key}.grpo.{name}: set by the workflow (its vLLM server listens on 127.0.0.1 "
+                "of the job's node); pin grpo.vllm_server_port to fix the port"
+            )
+    ports = [grpo.get(k) for k in ("vllm_server_port", "vllm_group_port")]
+    if None not in ports and ports[0] == ports[1]:
+        raise ConfigError(f"{key}.grpo.vllm_group_port: {ports[1]} is vllm_server_port too")
+    for option in spec.get("vllm_server") or {}:
+        reason = VLLM_SERVE_RESERVED.get(option.replace("-", "_"))
+        if reason:
+            raise ConfigError(f"{key}.vllm_server.{option}: set by the workflow ({reason})")
 
 
 def default_devices(run_spec: dict[str, Any]) -> int:
@@ -224,6 +277,26 @@ def quantization_kwargs(mode: str, overrides: dict[str, Any]) -> dict[str, Any] 
         "bnb_4bit_compute_dtype": "bfloat16",
     }
     return {**defaults, **overrides}
+
+
+def sampling_plan(run_spec: dict[str, Any], backend: str) -> tuple[str, dict[str, Any] | None]:
+    """(sampler, BitsAndBytesConfig kwargs or None) for every step of a run, on either device.
+
+    The one place that decides how a run is sampled; the rule passes both on, and the CPU
+    rehearsal takes the very branch the GPU takes:
+    - cpu: transformers, full weights;
+    - qlora: transformers, the base in NF4 with the adapter unmerged, step 0 too, as training
+      saw it. vLLM 0.30 has no bitsandbytes method (its registry lists awq, fp8, gptq, ... and
+      `ModelConfig` refuses the name), and the out-of-tree plugin is unverified; transformers
+      with bitsandbytes loads exactly the modules TRL trained;
+    - zero3: `backend` (sampling.backend: auto, vllm or hf), the gathered 16-bit weights.
+    """
+    mode = run_spec["mode"]
+    if mode == "cpu":
+        return "hf", None
+    if mode == "qlora":
+        return "hf", quantization_kwargs(mode, run_spec.get("quantization") or {})
+    return backend, None
 
 
 def steps(config: dict[str, Any], run: str) -> list[int]:
@@ -352,3 +425,5 @@ def _check_run(config: dict[str, Any], name: str, spec: Any) -> None:
         spec["mode"] == "zero3" and grpo.get("vllm_mode") == "server"
     ):
         raise ConfigError(f"{key}.vllm_server: needs mode zero3 with grpo.vllm_mode server")
+    if uses_vllm_server(spec):
+        _check_server_keys(key, spec)

@@ -11,7 +11,7 @@ CPU, and each is replaced here, only when the run's device is cpu, with a warnin
    so the reload fails (`'Parameter' object has no attribute 'weight_loader'`).
    `keep_vllm_cpu_weights` keeps the weights and computes those layers with
    `torch.nn.functional.linear`, so the reload works: the weight sync runs for real.
-2. Server mode syncs weights to `trl vllm-serve` over NCCL only
+2. Server mode syncs weights to the `vllm serve` server over NCCL only
    (`trl.generation.vllm_client.VLLMClient.init_communicator` refuses a non-CUDA device, and
    vLLM 0.30's other transfer backend is CUDA IPC). `skip_server_weight_sync` makes
    `init_communicator` and `update_named_params` no-ops: the server keeps generating from the

@@ -4,7 +4,8 @@ A training command under torchrun puts each rank in its own session, so signalli
 group misses them, and a rank whose launcher died first is re-parented away from the tree. The
 functions here walk /proc instead (Linux), and `Family` makes the caller a child subreaper so
 such orphans stay in its tree. Used by `aha.vllm_server` (and its tests) to stop everything a
-run started, and nothing else.
+run started, and nothing else; `preexec` and `guarded_env` keep SIGTERM blocked in a tree that
+must outlive a preemption signal.
 """
 
 from __future__ import annotations
@@ -19,6 +20,36 @@ from contextlib import suppress
 from typing import Any, NamedTuple
 
 KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the tree to disappear before moving on
+# Put on a process's PYTHONPATH as sitecustomize.py by `guarded_env`, so it runs in every Python
+# process of that tree (spawned ones too): multiprocessing's resource tracker, which vLLM starts
+# (spawn, SharedMemory), unblocks SIGINT and SIGTERM in the process that starts it, undoing the
+# mask that `preexec(..., block_sigterm=True)` set.
+SIGTERM_GUARD = '''\
+"""Written by aha.process_tree: SIGTERM stays blocked in this process tree (the vLLM server)."""
+import importlib.machinery, importlib.util, os, signal, sys
+
+_unguarded = signal.pthread_sigmask
+
+
+def pthread_sigmask(how, mask):
+    mask = set(mask)
+    if how == signal.SIG_UNBLOCK:
+        mask.discard(signal.SIGTERM)
+    elif how == signal.SIG_SETMASK:
+        mask.add(signal.SIGTERM)
+    return _unguarded(how, mask)
+
+
+signal.pthread_sigmask = pthread_sigmask
+_here = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.machinery.PathFinder.find_spec(
+    "sitecustomize", [p for p in sys.path if os.path.abspath(p or ".") != _here]
+)
+if _spec is not None and _spec.loader is not None:  # the sitecustomize this one shadows
+    _module = importlib.util.module_from_spec(_spec)
+    sys.modules[__name__] = _module
+    _spec.loader.exec_module(_module)
+'''
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 _PR_GET_CHILD_SUBREAPER = 37
@@ -55,6 +86,14 @@ def preexec(death_signal: int, *, block_sigterm: bool) -> Callable[[], None]:
                 os._exit(128 + death_signal)
 
     return preexec
+
+
+def guarded_env(directory: str, env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with SIGTERM_GUARD first on PYTHONPATH (written to `directory`)."""
+    with open(os.path.join(directory, "sitecustomize.py"), "w") as guard:
+        guard.write(SIGTERM_GUARD)
+    path = env.get("PYTHONPATH")
+    return {**env, "PYTHONPATH": os.pathsep.join([directory, *([path] if path else [])])}
 
 
 class Proc(NamedTuple):

@@ -120,6 +120,7 @@ class RunSpec:
     lora: dict[str, Any] = field(default_factory=dict)
     quantization: dict[str, Any] = field(default_factory=dict)
     vllm_server: dict[str, Any] = field(default_factory=dict)
+    weight_sync_timeout_s: float | None = None  # the schema's default fills it in a workflow
 
     @property
     def max_steps(self) -> int:

@@ -48,7 +48,7 @@ from aha.checkpoints import (
     write_log_history,
     write_manifests,
 )
-from aha.config import MODES, ConfigError
+from aha.config import MODES, ConfigError, uses_vllm_server, vllm_client_args
 from aha.config import quantization_kwargs as config_quantization
 from aha.grpo_rewards import SAMPLES_DIR, CompletionSampler, reward_funcs
 from aha.sections import RunSpec
@@ -63,9 +63,7 @@ log = logging.getLogger("aha.train")
 # transformers 5: `gradient_checkpointing` is a deprecated alias of `activation_checkpointing`;
 # TRL's config still defaults the alias to True, so a mode default must set the new name.
 _CHECKPOINTING_KEYS = ("activation_checkpointing", "gradient_checkpointing")
-GPU_HINT = (
-    "pip install 'aha-countdown[gpu]' (or workflow/envs/aha.yaml), or use config/tiny.yaml on CPU"
-)
+GPU_HINT = "pip install 'aha-countdown[gpu]' (or environment.yml), or use config/tiny.yaml on CPU"
 
 
 class TrainError(RuntimeError):
@@ -133,7 +131,7 @@ def build_grpo_args(spec: RunSpec, out_dir: str | Path, seed: int | None = None)
     `output_dir` is always OUT/trainer (resume and weight export rely on it); the mode's
     defaults fill only keys the run leaves unset; `seed` (the workflow seed) applies when grpo
     sets none; model kwargs from the model section go under `model_init_kwargs`, below any the
-    run sets itself.
+    run sets itself; in server mode the client goes to the ports the wrapper chose for this job.
     """
     grpo = dict(spec.grpo)
     args = dict(grpo)
@@ -143,6 +141,8 @@ def build_grpo_args(spec: RunSpec, out_dir: str | Path, seed: int | None = None)
             args[key] = value
     if seed is not None and "seed" not in grpo:
         args["seed"] = seed
+    # server mode: the server and weight-sync ports its wrapper chose for this job
+    args.update(vllm_client_args({"mode": spec.mode, "grpo": grpo}, dict(os.environ)))
     if "output_dir" in grpo:
         log.warning("grpo.output_dir is ignored: training state lives in OUT/%s", TRAINER_DIR)
     args["output_dir"] = str(Path(out_dir) / TRAINER_DIR)
@@ -456,6 +456,14 @@ def train(
         from aha import cpu_rehearsal
 
         cpu_rehearsal.prepare(spec.grpo)
+    if uses_vllm_server({"mode": spec.mode, "grpo": spec.grpo}):
+        from aha import weight_sync  # after the rehearsal's stand-ins, so they are bounded too
+
+        if spec.weight_sync_timeout_s is None:
+            raise TrainError(f"runs.{spec.name}.weight_sync_timeout_s: required in server mode")
+        weight_sync.install(
+            spec.weight_sync_timeout_s, setting=f"runs.{spec.name}.weight_sync_timeout_s"
+        )
 
     try:
         config = GRPOConfig(**grpo_args)

@@ -14,15 +14,15 @@ from aha.config import (
     batch_notes,
     check,
     default_devices,
-    quantization_kwargs,
     replicate_view,
     run_seeds,
     run_view,
+    sampling_plan,
     schema_error,
     steps,
 )
-from aha.gpu_monitor import ENV_LOG, gpu_log_path
-from aha.launch import train_command
+from aha.gpu_monitor import ENV_LOG, gpu_log_path, use_pci_device_order
+from aha.launch import LaunchError, stop_budget, train_command
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
 if problem := schema_error(config, SCHEMA):
@@ -37,7 +37,12 @@ for note in batch_notes(config):
 
 # Rules call `python -m aha STAGE`: the interpreter running Snakemake (the project venv) goes
 # first on PATH, so `python` is it even when the venv is not activated.
-shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
+# The workflow's src/ goes first on PYTHONPATH, so `python -m aha` is this checkout's package in
+# any environment, `--sdm conda` ones included (environment.yml does not install it).
+shell.prefix(
+    f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; '
+    f'export PYTHONPATH="{workflow.basedir}/src${{{{PYTHONPATH:+:$PYTHONPATH}}}}"; '
+)
 DATA = "results/data"
 # Threads of the heavy CPU rules; Snakemake scales them down to --cores, profiles set them.
 MAX_THREADS = 8
@@ -111,6 +116,10 @@ TINY = "results/models/tiny"
 # GRPO steps of the tiny run are ~9% faster (1.12 vs 1.24 s/step, bench/threads_under_load.py).
 # A wait policy only: the numbers computed are the same. Set it in the environment to override.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# ... and CUDA numbers GPUs as nvidia-smi does (PCI bus order), in every job: the server-mode
+# wrapper's vLLM server and its trainer then agree on which GPU is which, and the GPU log
+# matches CUDA ids to nvidia-smi rows (aha.gpu_monitor).
+use_pci_device_order()
 RUNS = list(config["runs"])
 # One replicate of a run (its seed) trains, samples and scores in its own folder; step 0, the
 # untrained model, is sampled once per run in BASE_DIR and is every replicate's step 0.
@@ -191,18 +200,26 @@ def as_json(obj):
 
 
 def sample_backend(wildcards):
-    """Mode cpu samples with transformers; GPU modes as sampling.backend says."""
-    spec = run_view(config, wildcards.run)
-    return "hf" if spec["mode"] == "cpu" else config["sampling"]["backend"]
+    """The run's sampler (aha.config.sampling_plan): hf for cpu and qlora, sampling.backend
+    for zero3."""
+    backend, _ = sampling_plan(run_view(config, wildcards.run), config["sampling"]["backend"])
+    return backend
 
 
 def sample_quantization(wildcards):
     """`--quantization` of a qlora run, at every step (step 0 too): one precision per run."""
-    spec = run_view(config, wildcards.run)
-    if spec["mode"] != "qlora":
-        return ""
-    kwargs = quantization_kwargs("qlora", spec["quantization"])
-    return f"--quantization {shlex.quote(as_json(kwargs))}"
+    _, kwargs = sampling_plan(run_view(config, wildcards.run), config["sampling"]["backend"])
+    return f"--quantization {shlex.quote(as_json(kwargs))}" if kwargs else ""
+
+
+def train_stop_budget(wildcards, resources):
+    """The job's stop budget (aha.launch.StopBudget): from the lead of the `--signal=TERM@N`
+    in its slurm_extra, the one place it is set (profiles/slurm); 300 s without one."""
+    spec = replicate_view(config, wildcards.run, int(wildcards.seed))
+    try:
+        return stop_budget(spec, resources.get("slurm_extra"))
+    except LaunchError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def launch_command(wildcards, resources):
@@ -217,5 +234,11 @@ def launch_command(wildcards, resources):
         model=model_path(wildcards.run),
         server_log=f"logs/train/{wildcards.run}-seed{wildcards.seed}.vllm-server.log",
         accelerate_config=f"{workflow.basedir}/workflow/accelerate/zero3.yaml",
+        budget=train_stop_budget(wildcards, resources),
     )
     return shlex.join(cmd)
+
+
+def stop_budget_line(wildcards, resources):
+    """The stop budget in one line, written first into the train log."""
+    return train_stop_budget(wildcards, resources).describe()

@@ -6,7 +6,10 @@
 # TRL's: the spec's grpo.seed is the replicate's (aha.config.replicate_view), and --seed too.
 # The command depends on the mode (aha.launch.train_command): cpu/qlora run `python -m aha
 # train`; zero3 runs it under `accelerate launch` (DeepSpeed ZeRO-3), on all GPUs with vLLM
-# colocated, or on all but the last with `trl vllm-serve` started there and always stopped.
+# colocated, or on all but the last with vLLM's `vllm serve` started there (on 127.0.0.1, on
+# ports the job chooses) and always stopped. Its stop timeouts all follow from the one
+# `--signal=TERM@N` of the job's slurm_extra (aha.launch.StopBudget); the log's first line says
+# how.
 rule train:
     wildcard_constraints:
         **RUN_SEED,
@@ -22,6 +25,7 @@ rule train:
         data_dir=lambda wc, input: os.path.dirname(input.train),
         out_dir=lambda wc: RUN_DIR.format(**wc),
         launch=launch_command,
+        stop_budget=stop_budget_line,
         gpu_log=gpu_log("train"),
     threads: train_threads
     resources:
@@ -31,9 +35,10 @@ rule train:
     benchmark:
         BENCHMARKS["train"]
     conda:
-        "../envs/aha.yaml"
+        "../../environment.yml"
     shell:
-        "python -m aha check-gpu --run-spec {params.spec:q} --model {params.model} > {log} 2>&1 && "
+        "echo {params.stop_budget:q} > {log} && python -m aha check-gpu "
+        "--run-spec {params.spec:q} --model {params.model} >> {log} 2>&1 && "
         "{params.gpu_log} OMP_NUM_THREADS={threads} exec {params.launch} --run-spec {params.spec:q} "
         "--data-dir {params.data_dir} --model {params.model} --out-dir {params.out_dir} "
         "--seed {wildcards.seed} >> {log} 2>&1"
