@@ -59,7 +59,7 @@ demo: $(STAMP)
 
 test: $(STAMP) $(RSTAMP)
 	scripts/install-chromium.sh
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

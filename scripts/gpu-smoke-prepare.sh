@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Prepare, on this CPU machine (network to PyPI), what scripts/gpu-smoke.sh needs on the lent GPU
-# machine (one H200, Python 3.12, torch 2.11 CUDA 13, transformers 5.17; no trl, datasets,
-# deepspeed, bitsandbytes; no network). Everything lands in .whl/ (git-ignored through
-# .git/info/exclude), which the device call carries:
+# Prepare, on a CPU machine with network to PyPI, what scripts/gpu-smoke.sh needs on a one-GPU
+# machine without network (e.g. an H100 or H200 image with Python 3.12, torch 2.11 CUDA 13,
+# transformers 5.17; no trl, datasets, deepspeed, bitsandbytes). Everything lands in .whl/
+# (git-ignored through .git/info/exclude), which goes to that machine with the checkout:
 #
 #   .whl/wheels/   pinned wheels for cp312 manylinux x86_64, installed there with
 #                  `pip install --no-index --no-deps --target /tmp/site`
@@ -224,7 +224,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 whl = Path(sys.argv[1])
-# The lent machine's image (device tool's KINDS.md, read 2026-11-17); versions where a session saw them.
+# The one-GPU machine's image as documented on 2026-11-17 (packages it has, versions where known).
 MACHINE = """absl-py accelerate aiofiles aiohappyeyeballs aiohttp aiosignal annotated-doc anyio attrs
 botorch build certifi charset-normalizer chex click cloudpickle cmake colorama contourpy coverage
 cuda-bindings cuda-core cuda-pathfinder cuda-toolkit cupy-cuda13x cycler cython diffrax e3nn einops
@@ -317,6 +317,6 @@ du -sh "$WHL"/* | sed 's/^/   /'
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 say ".whl: $(mib "$total"); working tree that travels besides it: $(mib "$tree"); together $(mib $((total + tree))) of 64 MiB"
 if ((total + tree > 56 * 1048576)); then
-    echo "too close to the device call's 64 MiB limit" >&2
+    echo "too close to 64 MiB, the most a copy to a machine without network is planned for" >&2
     exit 1
 fi

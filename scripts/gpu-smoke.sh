@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # shellcheck disable=SC2317  # stage functions are called indirectly: stage NAME ... FUNCTION
-# GPU smoke test of the two GPU modes on ONE GPU (the lent H200), with the tiny model:
+# GPU smoke test of the two GPU modes on ONE GPU, with the tiny model, on a machine with no
+# network: every package it lacks comes from the prepared .whl/ (scripts/gpu-smoke-prepare.sh).
+#
+#   bash scripts/gpu-smoke.sh          # in the repository root, .whl/ beside this script's folder
 #
 #   install        wheels from .whl/ into /tmp/site (no network there); GPU only
 #   versions       python, torch + CUDA, transformers, trl, peft, accelerate, deepspeed,
 #                  bitsandbytes, nvidia-smi  -> versions.txt
+#   contracts      python -m aha check-contracts: every device branch's CUDA arguments of the
+#                  seed config through the libraries' own checks (vLLM's from its snapshot,
+#                  src/aha/vllm-0.30.json, where vLLM is not installed)
 #   check-gpu-*    python -m aha check-gpu for the qlora and the zero3 run
 #   qlora          python -m aha train, mode qlora (NF4 + LoRA, HF generation), steps 1-4,
 #                  checkpoints 2 and 4 (adapter_model.safetensors)
 #   zero3          accelerate launch (workflow/accelerate/zero3.yaml) on 1 process, DeepSpeed
 #                  ZeRO-3, use_vllm false, checkpoints 2 and 4 (16-bit model.safetensors)
-#   sample-*       python -m aha sample --backend hf from each step-4 checkpoint (qlora in 4 bit)
+#   sample-*       python -m aha sample from each step-4 checkpoint, with the sampler the rule
+#                  picks (aha.config.sampling_plan): qlora in NF4 with transformers, as on a
+#                  cluster; zero3 with transformers here (vLLM is not carried)
 #   qlora-resume   the qlora run again with max_steps 6: must resume from checkpoint-4
 #   zero3-resume   the same for zero3 (DeepSpeed's own checkpoint state)
 #   listing        ls -la of the run folders, train_log.jsonl copies
@@ -23,10 +31,9 @@
 # failed. The training argv comes from aha.launch.train_command and the run specs from
 # aha.config.run_view, as in the workflow's train rule.
 #
-# On the lent machine (after scripts/gpu-smoke-prepare.sh here), one device call:
-#   run(command="bash scripts/gpu-smoke.sh", carry=[".whl"], timeout_s=570)
-# The device returns at most 8 files from $OUT: with more, everything but summary.tsv,
-# metrics.tsv and versions.txt is packed into $OUT/gpu-smoke-logs.tar.gz (SMOKE_PACK=auto).
+# The whole script takes at most 8 minutes (SMOKE_BUDGET_S, 465 s of stages, plus the summary).
+# With more than 8 files in $OUT, everything but summary.tsv, metrics.tsv and versions.txt is
+# packed into $OUT/gpu-smoke-logs.tar.gz (SMOKE_PACK=auto), so a few files carry every log.
 #
 # On this CPU, end to end (installs skipped; the rehearsal environment has every package):
 #   DEVICE=cpu PYTHON=.venv-rehearsal/bin/python scripts/gpu-smoke.sh
@@ -34,7 +41,7 @@
 # Environment: DEVICE (cuda | cpu; default cuda), PYTHON (default python3), OUT (default
 # /tmp/gpu-smoke-out), WORK (run folders; default /tmp/gpu-smoke-work), SMOKE_DIR (tiny model and
 # data: models/tiny, data/; default .whl/smoke), SITE (install target; default /tmp/site),
-# SMOKE_BUDGET_S (all stages together; default 510), SMOKE_PACK (auto | 1 | 0),
+# SMOKE_BUDGET_S (all stages together; default 465), SMOKE_PACK (auto | 1 | 0),
 # SMOKE_STAGES (space-separated subset of the stages above, with the stages they need: a stage
 # whose input stage did not pass is "skipped"; install, versions and specs always run).
 set -uo pipefail
@@ -49,7 +56,7 @@ WORK=${WORK:-/tmp/gpu-smoke-work}
 WHL=$ROOT/.whl
 SMOKE_DIR=${SMOKE_DIR:-$WHL/smoke}
 SITE=${SITE:-/tmp/site}
-BUDGET=${SMOKE_BUDGET_S:-510}
+BUDGET=${SMOKE_BUDGET_S:-465}
 PACK=${SMOKE_PACK:-auto}
 ONLY=${SMOKE_STAGES:-}
 RESERVE=15 # seconds kept for the summary and the packing
@@ -316,7 +323,8 @@ if "backend" in {f.name for f in dataclasses.fields(Sampling)}:
     sampling["backend"] = "hf"
 section(Sampling, sampling)  # the sampling section as the DAG checks it
 (setup / "sampling.json").write_text(json.dumps(sampling))
-quant = C.quantization_kwargs("qlora", runs["smoke-qlora"]["quantization"])
+backend, quant = C.sampling_plan(C.run_view(config, "smoke-qlora"), "auto")
+assert backend == "hf" and quant, (backend, quant)  # the sampler the rule picks for qlora
 (setup / "quantization.json").write_text(json.dumps(quant))
 rows = len(pd.read_parquet(Path(data) / "eval.parquet"))
 (setup / "eval_rows").write_text(f"{rows}\n")
@@ -436,6 +444,7 @@ fi
 stage versions 90 "" versions
 [[ -f $OUT/versions.log ]] && mv "$OUT/versions.log" "$OUT/versions.txt"
 stage specs 60 "" specs
+stage contracts 90 "" timed "$PYTHON" -m aha check-contracts --model "$MODEL"
 stage check-gpu-qlora 60 specs timed "$PYTHON" -m aha check-gpu --run-spec "$(cat "$SETUP/spec-qlora.json" 2>/dev/null)" --model "$MODEL"
 stage check-gpu-zero3 60 specs timed "$PYTHON" -m aha check-gpu --run-spec "$(cat "$SETUP/spec-zero3.json" 2>/dev/null)" --model "$MODEL"
 stage qlora 180 specs train qlora

@@ -29,6 +29,7 @@ PREPARE = ROOT / "scripts" / "gpu-smoke-prepare.sh"
 STAGES = [
     "versions",
     "specs",
+    "contracts",
     "check-gpu-qlora",
     "check-gpu-zero3",
     "qlora",
@@ -129,6 +130,8 @@ def test_gpu_smoke_runs_every_stage_on_cpu(tmp_path: Path) -> None:
     assert list(summary) == STAGES, report
     assert all(status == "ok" for status in summary.values()), report
     assert proc.returncode == 0, report
+    # the seed config's CUDA branches, each through its library (vLLM's CPU build here)
+    assert "check-contracts: 8 passed, 0 failed" in (out / "contracts.log").read_text()
 
     # Adapter checkpoints for qlora, full 16-bit weights for ZeRO-3, at every configured step.
     for step in (2, 4, 6):

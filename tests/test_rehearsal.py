@@ -1,6 +1,6 @@
 """`make rehearsal`, for real: the seed config's runs on this CPU with their own GPU libraries.
 
-qwen-zero3 (DeepSpeed ZeRO-3 ranks + a real `trl vllm-serve`), qwen-zero3-colocate (ZeRO-3 +
+qwen-zero3 (DeepSpeed ZeRO-3 ranks + a real `vllm serve`), qwen-zero3-colocate (ZeRO-3 +
 vLLM's CPU build in every rank, weights synced after each step) and qwen-qlora (bitsandbytes NF4
 + peft LoRA) train through the real DAG, are sampled by vLLM, scored, aggregated and reported;
 their checkpoints are then sampled again with transformers.
@@ -9,6 +9,7 @@ their checkpoints are then sampled again with transformers.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -53,7 +54,6 @@ def test_the_overlay_keeps_the_seed_runs_modes_and_grpo_keys() -> None:
     # vllm_mode is the variant; the rest are the rehearsal's sizes and fp32 on the CPU
     assert changed == {
         "vllm_mode",
-        "vllm_server_port",
         "max_steps",
         "max_completion_length",
         "gradient_accumulation_steps",
@@ -89,14 +89,21 @@ def test_colocated_vllm_syncs_weights_and_the_server_run_goes_through_the_wrappe
     colocate = (logs / f"qwen-zero3-colocate-seed{SEED}.log").read_text()
     assert "colocated engine can reload them" in colocate  # aha.cpu_rehearsal, before vLLM starts
     server_run = (logs / f"qwen-zero3-seed{SEED}.log").read_text()
-    assert "server healthy at http://127.0.0.1:8000/health" in server_run
+    # on 127.0.0.1, at a port chosen for the job (none pinned), which the server log confirms
+    port = re.search(r"server healthy at http://127\.0\.0\.1:(\d+)/health", server_run)
+    assert port, server_run[-3000:]
     assert "init_communicator skipped (NCCL only)" in server_run
     # the server outlives the training command, then is stopped
     assert server_run.index("training command exited with status 0") < server_run.index(
         "stopping the vLLM server"
     )
     server_log = (logs / f"qwen-zero3-seed{SEED}.vllm-server.log").read_text()
-    assert "vllm serve results/models/tiny" in server_log
+    assert (  # vLLM's own server, run as `trl vllm-serve` ran it, with the dev-mode endpoints
+        "VLLM_SERVER_DEV_MODE=1 " in server_log
+        and f"-m vllm.entrypoints.cli.main serve results/models/tiny --host 127.0.0.1 "
+        f"--port {port.group(1)} "
+        in server_log
+    )
     assert "POST /v1/completions" in server_log or "/inference/v1/generate" in server_log, (
         "the trainer generated nothing through the server"
     )
@@ -115,7 +122,9 @@ def test_qlora_trains_a_lora_adapter(rehearsal_dag) -> None:
         assert manifest["is_adapter"] is True and manifest["base_model"] == "results/models/tiny"
 
 
-def test_every_step_is_sampled_by_vllm_scored_and_reported(rehearsal_dag) -> None:
+def test_every_step_is_sampled_by_its_runs_sampler_scored_and_reported(rehearsal_dag) -> None:
+    """zero3 runs by vLLM (its CPU build), the qlora run in NF4 by transformers: the very
+    sampler each takes on a GPU (aha.config.sampling_plan), so nothing differs but the device."""
     workdir, output = rehearsal_dag
     for run in RUNS:
         for step in STEPS:
@@ -123,7 +132,7 @@ def test_every_step_is_sampled_by_vllm_scored_and_reported(rehearsal_dag) -> Non
             assert len(rows) == N_SAMPLES and {r["step"] for r in rows} == {step}
             name = f"{run}-seed{SEED}-{step}" if step else f"{run}-base-0"
             log = (workdir / "logs" / "sample" / f"{name}.log").read_text()
-            assert "backend vllm" in log
+            assert f"backend {'hf' if run == 'qwen-qlora' else 'vllm'}" in log
     summary = pd.read_csv(workdir / "results" / "summary.tsv", sep="\t")
     assert sorted(zip(summary["run"], summary["step"], strict=True)) == sorted(
         (run, step) for run in RUNS for step in STEPS
@@ -184,11 +193,11 @@ print(json.dumps(out))
     kinds = json.loads(result.stdout.strip().splitlines()[-1])
     assert "Linear4bit" in kinds["0"] and "PeftModelForCausalLM" not in kinds["0"]
     assert "Linear4bit" in kinds["4"] and "PeftModelForCausalLM" in kinds["4"]
-    # the DAG passed the run's quantization at step 0 too (vLLM's CPU build then says it has none)
+    # the DAG sampled every step in NF4 with transformers, step 0 too, as on a GPU
     for step in STEPS:
         name = f"qwen-qlora-seed{SEED}-{step}" if step else "qwen-qlora-base-0"
         log = (workdir / "logs" / "sample" / f"{name}.log").read_text()
-        assert "vLLM's CPU build has no bitsandbytes" in log
+        assert "base in 4 bit (nf4)" in log and "backend hf" in log
 
 
 def test_grpo_moves_the_weights_in_every_mode(rehearsal_dag) -> None:

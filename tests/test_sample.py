@@ -95,6 +95,54 @@ def test_vllm_backend_without_vllm_names_the_fix(tiny_model: Path, eval_path: Pa
     assert sample.choose_backend("auto", "cpu") == "hf"  # a rehearsal without vllm installed
 
 
+def test_a_4_bit_base_is_never_handed_to_vllm(
+    tiny_model: Path, eval_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vLLM 0.30 has no bitsandbytes method: `auto` takes transformers for an NF4 run even
+    where vLLM is installed, and an explicit `vllm` is refused before anything loads."""
+    from aha import gpu
+
+    monkeypatch.setattr(gpu, "has_package", lambda name: True)  # as on a GPU node with vLLM
+    assert sample.choose_backend("auto", "cpu") == "vllm"
+    assert sample.choose_backend("auto", "cpu", quantized=True) == "hf"
+    assert sample.choose_backend("vllm", "cpu", quantized=True) == "vllm"  # asked for: refused next
+    nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
+    with pytest.raises(SampleError, match=r"no bitsandbytes quantization.*--backend hf"):
+        sample._sample_vllm(
+            ModelRef(str(tiny_model)), sample.load_tasks(eval_path), section(Sampling), nf4, "cuda"
+        )
+
+
+def test_hf_load_kwargs_per_device() -> None:
+    assert sample.hf_load_kwargs(None, "cpu") == {"dtype": "float32"}
+    assert sample.hf_load_kwargs(None, "cuda") == {"dtype": "auto"}
+    nf4 = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16"}
+    on_gpu = sample.hf_load_kwargs(nf4, "cuda")
+    assert on_gpu["device_map"] == {"": 0} and on_gpu["dtype"] == "auto"
+    assert on_gpu["quantization_config"].bnb_4bit_quant_type == "nf4"
+    assert sample.hf_load_kwargs(nf4, "cpu")["device_map"] == {"": "cpu"}
+
+
+def test_sampling_plan_is_one_per_mode_and_the_same_on_either_device() -> None:
+    from aha.config import sampling_plan
+
+    quant = {"bnb_4bit_use_double_quant": True}
+    for device in ("cuda", "cpu"):
+        assert sampling_plan({"mode": "cpu", "device": "cpu"}, "vllm") == ("hf", None)
+        backend, kwargs = sampling_plan(
+            {"mode": "qlora", "device": device, "quantization": quant}, "vllm"
+        )
+        assert backend == "hf"
+        assert kwargs == {
+            "load_in_4bit": True,
+            "bnb_4bit_quant_type": "nf4",
+            "bnb_4bit_compute_dtype": "bfloat16",
+            "bnb_4bit_use_double_quant": True,
+        }
+        for backend in ("auto", "vllm", "hf"):
+            assert sampling_plan({"mode": "zero3", "device": device}, backend) == (backend, None)
+
+
 # ----------------------------------------------------------------------------- real sampling
 
 

@@ -14,8 +14,9 @@ as vLLM's `SamplingParams` has them off.
 
 A qlora run passes `--quantization` at every step, step 0 included: the base is loaded in 4 bit
 as training saw it, and an adapter is applied on top of it unmerged, so every point of a run's
-curve is measured at one precision. (vLLM's CPU build has no bitsandbytes: a rehearsal samples
-a qlora run's steps on the unquantized base with vLLM, every step alike, and in 4 bit with hf.)
+curve is measured at one precision. Only the transformers backend does that: vLLM 0.30 has no
+bitsandbytes method, so `auto` takes hf for it and `vllm` is refused (`aha.config.sampling_plan`
+makes the rule's choice, the same on a GPU and in a CPU rehearsal).
 
 Output: one JSON line per completion, prompt-major, with keys `SAMPLE_KEYS`.
 """
@@ -113,28 +114,35 @@ def load_tasks(path: Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- HF backend
 
 
-def load_hf(
-    ref: ModelRef, quantization: dict[str, Any] | None = None, device: str = "cuda"
-) -> tuple[Any, Any]:
-    """(model, tokenizer) for `generate`: fp32 on CPU, the checkpoint's dtype on GPU.
-
-    With `quantization` (BitsAndBytesConfig kwargs) the base loads in 4 bit and an adapter stays
-    unmerged on it: merging into NF4 weights would dequantize them, another precision.
-    """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    on = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
-    dtype = "auto" if on == "cuda" else torch.float32
-    tokenizer = _load_tokenizer(ref)
-    kwargs: dict[str, Any] = {"dtype": dtype}
+def hf_load_kwargs(quantization: dict[str, Any] | None, on: str) -> dict[str, Any]:
+    """`from_pretrained` kwargs on `on` ("cuda" or "cpu"): fp32 on the CPU, the checkpoint's
+    dtype on the GPU; with `quantization` (BitsAndBytesConfig kwargs) the 4-bit base on that
+    device alone. Pure, so the CUDA branch is checked by transformers on a CPU
+    (`aha.contracts`)."""
+    kwargs: dict[str, Any] = {"dtype": "auto" if on == "cuda" else "float32"}
     if quantization:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(**quantization)
         kwargs["device_map"] = {"": 0 if on == "cuda" else "cpu"}
+    return kwargs
+
+
+def load_hf(
+    ref: ModelRef, quantization: dict[str, Any] | None = None, device: str = "cuda"
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for `generate`, loaded with `hf_load_kwargs`.
+
+    With `quantization` the base loads in 4 bit and an adapter stays unmerged on it: merging
+    into NF4 weights would dequantize them, another precision.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    on = "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+    tokenizer = _load_tokenizer(ref)
     base = AutoModelForCausalLM.from_pretrained(
-        ref.base if ref.is_adapter else ref.weights, **kwargs
+        ref.base if ref.is_adapter else ref.weights, **hf_load_kwargs(quantization, on)
     )
     model = base
     if ref.is_adapter:
@@ -251,12 +259,15 @@ def _sample_vllm(
     """The vLLM backend (aha.sample_vllm): same prompts and output contract as `_sample_hf`."""
     from aha import gpu, sample_vllm
 
+    if quantization:
+        raise SampleError(
+            "--backend vllm with --quantization: vLLM 0.30 has no bitsandbytes quantization; "
+            "sample an NF4 (qlora) run with --backend hf"
+        )
     try:
         gpu.check_vllm_sampling(device)
     except gpu.GpuEnvError as err:
         raise SampleError(f"{err} (or pass --backend hf)") from None
-    if quantization and device == "cpu":
-        log.warning("vLLM's CPU build has no bitsandbytes: every step of this run unquantized")
     tokenizer = _load_tokenizer(ref)
     return sample_vllm.sample_vllm(
         ref.base if ref.is_adapter else ref.weights,
@@ -267,17 +278,19 @@ def _sample_vllm(
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
         seed=cfg.seed,
-        quantization="bitsandbytes" if quantization and device == "cuda" else None,
         device=device,
     )
 
 
-def choose_backend(backend: str, device: str = "cuda") -> str:
-    """`auto` -> vllm where it is installed and the device runs it (CUDA, or a CPU rehearsal)."""
+def choose_backend(backend: str, device: str = "cuda", quantized: bool = False) -> str:
+    """`auto` -> vllm where it is installed and the device runs it (CUDA, or a CPU rehearsal),
+    hf for a 4-bit base, which only transformers loads."""
     if backend not in BACKENDS:
         raise SampleError(f"--backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     if backend != "auto":
         return backend
+    if quantized:
+        return "hf"
     from aha import gpu
 
     if not gpu.has_package("vllm"):
@@ -354,12 +367,15 @@ def sample(
     """Sample the eval split from one checkpoint and write `out`; returns the records."""
     ref = resolve_model(model)
     tasks = load_tasks(eval_path)
-    chosen = choose_backend(backend, device)
+    chosen = choose_backend(backend, device, quantized=bool(quantization))
     log.info(
-        "sampling %s (%s%s): %d prompts x k=%d, backend %s",
+        "sampling %s (%s%s%s): %d prompts x k=%d, backend %s",
         ref.weights,
         "adapter on " + str(ref.base) if ref.is_adapter else "full weights",
         f", mode {ref.mode}" if ref.mode else "",
+        f", base in 4 bit ({quantization.get('bnb_4bit_quant_type', 'fp4')})"
+        if quantization
+        else "",
         len(tasks),
         cfg.k,
         chosen,

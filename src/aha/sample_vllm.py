@@ -1,10 +1,11 @@
 """Sampling a checkpoint with vLLM: the GPU backend of `python -m aha sample`.
 
 Same contract as the HF path in `aha.sample`: for every prompt, `k` completions in order, each
-`(text, num_tokens, truncated)`. A QLoRA checkpoint is an adapter: the base model is loaded
-once with `enable_lora=True` and the adapter applied per request through `LoRARequest`, which
-avoids writing a merged copy of a 3B model per checkpoint. A ZeRO-3 checkpoint holds full
-16-bit weights (zero3_save_16bit_model) and loads like any model directory. vLLM is imported
+`(text, num_tokens, truncated)`. A LoRA adapter is loaded on its base with `enable_lora=True` and applied
+per request through `LoRARequest`, which avoids writing a merged copy of a 3B model per
+checkpoint. A ZeRO-3 checkpoint holds full 16-bit weights (zero3_save_16bit_model) and loads
+like any model directory. A qlora run is not sampled here: its NF4 base needs bitsandbytes,
+which vLLM 0.30 does not have (`aha.config.sampling_plan`). vLLM is imported
 only here, inside the function, so nothing else pays for it.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # GiB of KV cache for vLLM's CPU build. Without it vLLM sizes the cache from
 # `gpu_memory_utilization`, which on the CPU is a share of the NUMA node's memory (0.9 of it
@@ -59,6 +60,34 @@ def to_completions(request_outputs: list, k: int) -> list[Completion]:
     return completions
 
 
+def engine_kwargs(
+    model_dir_or_id: str,
+    adapter_dir: str | None,
+    *,
+    seed: int,
+    device: str = "cuda",
+) -> dict[str, Any]:
+    """The `vllm.LLM` keyword arguments for one checkpoint, on `device`.
+
+    Pure, so the CUDA branch's arguments can be checked by vLLM's own validation on a CPU
+    (`aha.contracts`). No quantization: vLLM 0.30 has no bitsandbytes method, so a qlora run's
+    NF4 steps are sampled by transformers (`aha.config.sampling_plan`). On the CPU (vLLM's CPU
+    build) the engine runs eagerly: compiling its graphs costs more than the tiny rehearsal
+    models take to sample.
+    """
+    kwargs: dict[str, Any] = {
+        "model": model_dir_or_id,
+        "dtype": "auto",  # the checkpoint's own: bf16 for the seed's zero3 runs
+        "seed": seed,
+        "gpu_memory_utilization": 0.9,
+    }
+    if device == "cpu":
+        kwargs["enforce_eager"] = True
+    if adapter_dir is not None:
+        kwargs.update(enable_lora=True, max_lora_rank=lora_rank(adapter_dir), max_loras=1)
+    return kwargs
+
+
 def sample_vllm(
     model_dir_or_id: str,
     adapter_dir: str | None,
@@ -69,45 +98,26 @@ def sample_vllm(
     max_new_tokens: int,
     seed: int,
     *,
-    dtype: str = "auto",
-    quantization: str | None = None,
-    gpu_memory_utilization: float = 0.9,
-    max_model_len: int | None = None,
     device: str = "cuda",
 ) -> list[Completion]:
     """k completions for each prompt (prompt-major: prompt 0's k, then prompt 1's, ...).
 
     `prompts` are already-rendered strings (the chat template applied with the assistant
     prefill), so vLLM must not template them again: `LLM.generate` takes them as raw text.
-    `quantization="bitsandbytes"` loads the base in 4 bit, as QLoRA trained its adapter.
+    An adapter is applied per request (`LoRARequest`) on the base it was trained on.
     The seed is the engine's: a per-request `SamplingParams(seed=...)` kills vLLM's CPU worker
     (`CPU Generator does not use offset`), and the engine seed makes a run just as repeatable.
-    On the CPU (`device="cpu"`, vLLM's CPU build) the engine runs eagerly: compiling its graphs
-    costs more than the tiny rehearsal models take to sample.
     """
     if device == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
     from vllm import LLM, SamplingParams
 
-    engine_kwargs: dict = {
-        "model": model_dir_or_id,
-        "dtype": dtype,
-        "seed": seed,
-        "gpu_memory_utilization": gpu_memory_utilization,
-    }
-    if device == "cpu":
-        engine_kwargs["enforce_eager"] = True
-    if max_model_len is not None:
-        engine_kwargs["max_model_len"] = max_model_len
-    if quantization:
-        engine_kwargs["quantization"] = quantization
     lora_request = None
     if adapter_dir is not None:
         from vllm.lora.request import LoRARequest
 
-        engine_kwargs.update(enable_lora=True, max_lora_rank=lora_rank(adapter_dir), max_loras=1)
         lora_request = LoRARequest("checkpoint", 1, str(adapter_dir))
-    llm = LLM(**engine_kwargs)
+    llm = LLM(**engine_kwargs(model_dir_or_id, adapter_dir, seed=seed, device=device))
     params = SamplingParams(
         n=k,
         temperature=temperature,
