@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from aha import build_tiny_model, countdown, generator, prompts, rewards, traces
+from aha import build_tiny_model, countdown, generator, prompts, rewards, tiny_artifact, traces
 from aha.config import ConfigError
 from aha.sections import TinySpec, section
 
@@ -361,4 +361,5 @@ def test_small_build_report(small_build):
     assert 0.0 <= report["eval"]["format_rate"] <= 1.0
     assert report["traces"]["count"] == 120
     assert report["wall_seconds"]["total"] > 0
+    assert report["cpu_kind"] == tiny_artifact.cpu_kind()  # what byte identity is keyed on
     assert report["vocab_size"] == len(AutoTokenizer.from_pretrained(small_build))

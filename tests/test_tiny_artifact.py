@@ -170,7 +170,8 @@ def test_rebuild_reproduces_the_committed_model(tiny_train_split: Path, tmp_path
     model. Same quality everywhere: warm-start loss within 10%, and sampled format and success
     rates not different from the committed ones by Fisher's two-sided exact test at level 0.01
     each (RATE_ALPHA: two samples, so noise in both is allowed). On the CPU kind and thread
-    count that built it, the same bytes."""
+    count that built it (`cpu_kind`: model, family, stepping and vector ISA, as the record
+    names it), the same bytes."""
     cfg = tiny_config()
     tiny = {**cfg["model"]["tiny"], **yaml.safe_load(REBUILD_YAML.read_text())["model"]["tiny"]}
     assert tiny["prebuilt"] is None
@@ -186,11 +187,47 @@ def test_rebuild_reproduces_the_committed_model(tiny_train_split: Path, tmp_path
     new = json.loads((out / "warm_start.json").read_text())
     assert new["final_loss"] == pytest.approx(old["final_loss"], rel=0.10)
     assert rate_differences(old["eval"], new["eval"]) == []
-    same_machine = (new["cpu"], new["torch_threads"]) == (old["cpu"], old["torch_threads"])
+    # a record without cpu_kind names only a model name ("AMD EPYC" on two different hosts):
+    # it cannot say the kind is the same, so it does not ask for the same bytes
+    same_machine = old.get("cpu_kind") is not None and (
+        new["cpu_kind"],
+        new["torch_threads"],
+    ) == (old["cpu_kind"], old["torch_threads"])
     same_bytes = (out / "model.safetensors").read_bytes() == (
         ARTIFACT / "model.safetensors"
     ).read_bytes()
-    print(f"rebuild on {new['cpu']} x{new['torch_threads']}: same bytes {same_bytes}")
+    print(
+        f"rebuild on {new['cpu_kind']} x{new['torch_threads']} (committed: "
+        f"{old.get('cpu_kind', old['cpu'])} x{old['torch_threads']}): same bytes {same_bytes}"
+    )
     if same_machine:
         assert same_bytes
     shutil.rmtree(out)
+
+
+ZEN3 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 1
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu sse2 avx avx2 fma
+
+processor\t: 1
+model name\t: AMD EPYC
+flags\t\t: fpu sse2 avx avx2 fma
+"""
+
+
+def test_cpu_kind_tells_apart_hosts_that_share_a_model_name() -> None:
+    """Two hosts that both call themselves "AMD EPYC" differ in family or vector ISA; the kind
+    says so, as byte-identical weights need."""
+    zen3 = tiny_artifact.cpu_kind(ZEN3)
+    assert zen3 == "model name AMD EPYC; cpu family 25; model 1; stepping 1; isa avx2 fma"
+    zen4 = ZEN3.replace("model\t\t: 1", "model\t\t: 17").replace(
+        "fma\n", "fma avx512f avx512_bf16\n"
+    )
+    assert tiny_artifact.cpu_kind(zen4) == (
+        "model name AMD EPYC; cpu family 25; model 17; stepping 1; isa avx2 fma avx512f avx512_bf16"
+    )
+    assert tiny_artifact.cpu_kind("") == "isa -"

@@ -398,6 +398,7 @@ def build(spec: TinySpec, train_path: Path, seed: int, out_dir: Path) -> dict[st
         },
         "torch_threads": torch.get_num_threads(),
         "cpu": tiny_artifact.cpu_model(),
+        "cpu_kind": tiny_artifact.cpu_kind(),
         "eval": evaluation,
     }
     (out_dir / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")

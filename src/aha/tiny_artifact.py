@@ -51,6 +51,34 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The cpuinfo fields and vector-ISA flags that decide which kernels torch and oneDNN run, and so
+# the order of floating-point sums: a virtual machine's model name alone ("AMD EPYC") does not.
+_KIND_FIELDS = ("model name", "cpu family", "model", "stepping")
+_KIND_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+
+
+def cpu_kind(cpuinfo: str | None = None) -> str:
+    """What identifies a CPU kind for byte-identical weights: model name, family, model,
+    stepping and the vector-ISA flags, from /proc/cpuinfo (`cpuinfo`: its text, for tests)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        except OSError:
+            return platform.processor() or platform.machine()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key and key not in fields:
+            fields[key] = value.strip()
+        if not line.strip() and fields:
+            break  # the first processor is every processor's kind
+    flags = set(fields.get("flags", "").split())
+    parts = [f"{k} {fields[k]}" for k in _KIND_FIELDS if k in fields]
+    parts.append("isa " + (" ".join(f for f in _KIND_FLAGS if f in flags) or "-"))
+    return "; ".join(parts)
+
+
 def recipe(spec: Mapping[str, Any], seed: int, train: Path) -> dict[str, Any]:
     """The recipe of a build: the tiny spec without `prebuilt` (where a model comes from is not
     how it is built), the seed and the train split's sha256."""
