@@ -1,4 +1,4 @@
-"""scripts/gpu-smoke.sh, the smoke test for a lent GPU machine, run end to end on the CPU.
+"""scripts/gpu-smoke.sh, the smoke test for a one-GPU machine, run end to end on the CPU.
 
 With DEVICE=cpu the script installs nothing (the rehearsal environment has trl, deepspeed and
 bitsandbytes) and runs every stage the GPU machine runs: qlora and zero3 training, resume from
