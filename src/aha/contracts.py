@@ -229,7 +229,7 @@ def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) ->
     """Every device branch of every run of `config`, on cuda. `model_dir` stands in for the
     run's weights (vLLM reads its config.json): no Hub download, no GPU."""
     from aha import launch, sample, sample_vllm, train
-    from aha.config import run_view, sampling_plan, uses_vllm_server
+    from aha.config import default_devices, run_view, sampling_plan, uses_vllm_server
     from aha.sections import RunSpec
 
     found: list[Contract] = []
@@ -243,10 +243,9 @@ def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) ->
         if chosen in ("vllm", "auto"):  # auto is vLLM on a GPU node with the gpu extra
             kwargs = sample_vllm.engine_kwargs(model_dir, None, seed=0, device="cuda")
             found.append(Contract(f"{name}: sample, vllm.LLM", _bind(check_vllm_engine, kwargs)))
-        if chosen in ("hf", "auto"):
+        if chosen in ("hf", "auto") and quantization:
             load = sample.hf_load_kwargs(quantization, "cuda")
-            if quantization:
-                found.append(Contract(f"{name}: sample, NF4 base", _bind(check_bnb_load, load)))
+            found.append(Contract(f"{name}: sample, NF4 base", _bind(check_bnb_load, load)))
         grpo = train.build_grpo_args(spec, "/nonexistent/out", seed=0)
         found.append(Contract(f"{name}: train, GRPOConfig", _bind(check_grpo_config, grpo)))
         if view["mode"] == "qlora":
@@ -255,7 +254,7 @@ def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) ->
             found.append(Contract(f"{name}: train, LoRA + NF4", _bind(check_peft, lora, quant)))
             found.append(Contract(f"{name}: train, NF4 base", _bind(check_bnb_load, load)))
         if view["mode"] == "zero3":
-            devices = gpu_count(view)
+            devices = default_devices(view)  # the GPUs of a cuda run (view's device)
             command = launch.train_command(
                 view, devices, "python", [], model=model_dir, accelerate_config=accelerate_config
             )
@@ -272,12 +271,6 @@ def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) ->
                     Contract(f"{name}: server, vllm serve", _bind(check_vllm_serve, serve))
                 )
     return found
-
-
-def gpu_count(view: dict[str, Any]) -> int:
-    from aha.config import default_devices
-
-    return default_devices({**view, "device": "cuda"})
 
 
 def server_argv(view: dict[str, Any], model: str) -> list[str]:
