@@ -15,11 +15,11 @@ import csv
 import statistics
 from pathlib import Path
 
-from aha import jsonl
+from aha import formats
 
 
 def step_times(train_log: Path) -> list[float]:
-    rows = [row for _, row in jsonl.records(train_log)]
+    rows = [row for _, row in formats.records(train_log)]
     return [float(row["step_time"]) for row in rows if "step_time" in row]
 
 

@@ -1,4 +1,4 @@
-"""Throughput of aha.rewards on realistic completions, one core.
+"""Throughput of aha.task.rewards on realistic completions, one core.
 
     .venv/bin/python bench/rewards.py [--n 100000] [--seed 0] [--batch 256]
 
@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from aha import generator, rewards
+from aha.task import generator, rewards
 
 PROSE = (
     "let me try combining the numbers first then check if it equals the target maybe "

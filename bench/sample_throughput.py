@@ -1,4 +1,4 @@
-"""Completions per second of CPU sampling (aha.sample's HF backend), per batch size.
+"""Completions per second of CPU sampling (aha.stages.sample's HF backend), per batch size.
 
     .venv/bin/python bench/sample_throughput.py [--model results/models/tiny]
         [--eval results/data/eval.parquet] [--config config/tiny.yaml] [--prompts 50]
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from aha import sample
 from aha.sections import Sampling, section
+from aha.stages import sample
 
 
 def main() -> None:

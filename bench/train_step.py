@@ -3,7 +3,7 @@
     .venv/bin/python bench/train_step.py [--model results/models/tiny] [--data-dir results/data]
         [--config config/tiny.yaml] [--run tiny-cpu] [--steps 12] [--threads 0]
 
-Trains `--steps` steps of the run's real settings (aha.train.train, so the same code as the
+Trains `--steps` steps of the run's real settings (aha.stages.train.train, so the same code as the
 workflow) in a temporary folder, timing per step:
 
 - generate: `GRPOTrainer._generate_single_turn` (transformers `generate` of every completion);
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import yaml
 
-from aha import checkpoints, jsonl, train
+from aha import formats
 from aha.config import run_view
 from aha.sections import RunSpec
+from aha.stages import train
 
 PHASES = {
     "generate": "_generate_single_turn",
@@ -108,7 +109,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
         train.train(spec, Path(args.data_dir), args.model, out, extra_callbacks=[StepTimer()])
-        log = [row for _, row in jsonl.records(out / checkpoints.LOG_FILE)]
+        log = [row for _, row in formats.records(out / formats.LOG_FILE)]
     lengths = [row["completions/mean_length"] for row in log if "completions/mean_length" in row]
 
     g = view["grpo"]

@@ -24,7 +24,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from aha.traces import value
+from aha.tiny.traces import value
 
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 
@@ -71,10 +71,11 @@ def main() -> None:
     parser.add_argument("--samples", type=Path, nargs="+", help="samples JSONL files to audit")
     args = parser.parse_args()
     if args.samples:
-        from aha import jsonl, metrics
+        from aha import formats
+        from aha.task import metrics
 
         for path in args.samples:
-            rows = [r for _, r in jsonl.records(path)]
+            rows = [r for _, r in formats.records(path)]
             scores = metrics.summarize(rows)
             report = audit([str(r["text"]) for r in rows], [int(r["target"]) for r in rows])
             print(json.dumps({"samples": str(path), "completions": len(rows),
@@ -89,7 +90,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from aha import build_tiny_model
+    from aha.stages import build_tiny_model
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model)

@@ -28,7 +28,7 @@
 # stop the next (stages that need its output are "skipped"). $OUT/summary.tsv: stage, status
 # (ok, failed, timeout, skipped), seconds; $OUT/metrics.tsv: s/step (train_log.jsonl, step 1
 # excluded) and peak GPU memory (nvidia-smi sampled every 500 ms). Exit status 1 if any stage
-# failed. The training argv comes from aha.launch.train_command and the run specs from
+# failed. The training argv comes from aha.launch.commands.train_command and the run specs from
 # aha.config.run_view, as in the workflow's train rule.
 #
 # The whole script takes at most 8 minutes (SMOKE_BUDGET_S, 465 s of stages, plus the summary).
@@ -263,7 +263,7 @@ EOF
 }
 
 # Run specs (aha.config.run_view of a config like the workflow's), the training argv
-# (aha.launch.train_command), the sampling and quantization JSON, all into $SETUP.
+# (aha.launch.commands.train_command), the sampling and quantization JSON, all into $SETUP.
 specs() {
     timed "$PYTHON" - "$DEVICE" "$PYTHON" "$MODEL" "$DATA" "$WORK" "$SETUP" <<'EOF'
 import copy, dataclasses, json, sys
@@ -272,7 +272,7 @@ from pathlib import Path
 import pandas as pd
 
 from aha import config as C
-from aha import launch
+from aha.launch.commands import commands as launch
 from aha.sections import Sampling, section
 
 device, python, model, data, work, setup = sys.argv[1:]

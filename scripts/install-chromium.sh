@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install Debian's headless-capable Chromium for tests/test_browser.py (the report check).
+# Install Debian's headless-capable Chromium for tests/integration/test_browser.py (the report check).
 # Idempotent: does nothing when a chromium binary is already on PATH. Needs root (or sudo) and
 # an apt mirror; prints why it cannot install instead of failing `make test` silently, so the
 # browser test then fails with its own clear message.
@@ -13,7 +13,7 @@ for bin in chromium chromium-browser; do
 done
 
 if ! command -v apt-get >/dev/null 2>&1; then
-    echo "install-chromium: no apt-get here; install Chromium yourself (tests/test_browser.py needs it)" >&2
+    echo "install-chromium: no apt-get here; install Chromium yourself (tests/integration/test_browser.py needs it)" >&2
     exit 0
 fi
 

@@ -1,4 +1,4 @@
-"""Stand-ins for `python -m aha with-vllm-server`'s tests (tests/test_vllm_server.py): scripts
+"""Stand-ins for `python -m aha with-vllm-server`'s tests (tests/unit/test_vllm_server.py): scripts
 that behave like vLLM's server, another job's server on the same port, and a training command.
 
 - STANDIN: like `vllm serve MODEL --host H --port P`: binds first (SO_REUSEPORT with

@@ -12,27 +12,33 @@ import sys
 # stage name -> (module, one-line description). Each module exposes `cli(argv: list[str])`.
 STAGES: dict[str, tuple[str, str]] = {
     "prepare-data": (
-        "aha.prepare_data",
+        "aha.stages.prepare_data",
         "load or generate Countdown tasks; write train/test/eval splits",
     ),
     "build-tiny-model": (
-        "aha.build_tiny_model",
+        "aha.stages.build_tiny_model",
         "build the offline tiny tokenizer + Qwen2 model and warm-start it",
     ),
-    "train": ("aha.train", "GRPO training of one run with TRL; checkpoints at configured steps"),
-    "sample": ("aha.sample", "sample completions for the eval prompts from one checkpoint"),
-    "score": ("aha.score", "success rate, pass@k, format, lengths and aha behaviours"),
-    "aggregate": ("aha.aggregate", "collect every score file into results/summary.tsv"),
-    "plots": ("aha.plots", "seaborn figures for the report"),
-    "tables": ("aha.tables", "HTML tables for the report"),
-    "compute": ("aha.compute", "wall, CPU and GPU hours per stage and s/step for the report"),
-    "check-gpu": ("aha.gpu", "check CUDA, GPU packages and the model before a GPU run"),
+    "train": (
+        "aha.stages.train",
+        "GRPO training of one run with TRL; checkpoints at configured steps",
+    ),
+    "sample": ("aha.stages.sample", "sample completions for the eval prompts from one checkpoint"),
+    "score": ("aha.stages.score", "success rate, pass@k, format, lengths and aha behaviours"),
+    "aggregate": ("aha.stages.aggregate", "collect every score file into results/summary.tsv"),
+    "plots": ("aha.stages.plots", "seaborn figures for the report"),
+    "tables": ("aha.stages.tables", "HTML tables for the report"),
+    "compute": (
+        "aha.stages.compute",
+        "wall, CPU and GPU hours per stage and s/step for the report",
+    ),
+    "check-gpu": ("aha.launch.gpu", "check CUDA, GPU packages and the model before a GPU run"),
     "check-contracts": (
         "aha.contracts",
         "check every device branch's CUDA arguments with the pinned libraries (no GPU needed)",
     ),
     "with-vllm-server": (
-        "aha.vllm_server",
+        "aha.launch.vllm_server",
         "run a command beside vLLM's own `vllm serve` on the last GPU",
     ),
 }

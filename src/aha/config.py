@@ -160,7 +160,7 @@ def uses_vllm_server(run_spec: dict[str, Any]) -> bool:
     )
 
 
-# How the server wrapper (aha.vllm_server) tells `aha train` where this job's server is: it
+# How the server wrapper (aha.launch.vllm_server) tells `aha train` where this job's server is: it
 # chooses the ports when the job starts, so they cannot be in the run's config.
 ENV_SERVER_URL = "AHA_VLLM_SERVER_URL"
 ENV_GROUP_PORT = "AHA_VLLM_GROUP_PORT"
@@ -364,7 +364,7 @@ def check_dataset(ds: dict[str, Any]) -> None:
 
 def _check_vllm_cpu_heads(config: dict[str, Any]) -> None:
     """A CPU rehearsal that samples or generates with vLLM needs a head size vLLM's CPU takes."""
-    # `auto` takes vLLM on a rehearsal wherever it is installed (aha.sample.choose_backend)
+    # `auto` takes vLLM on a rehearsal wherever it is installed (aha.stages.sample.choose_backend)
     vllm = config.get("sampling", {}).get("backend", "auto") != "hf" or any(
         (spec.get("grpo") or {}).get("use_vllm") for spec in config["runs"].values()
     )

@@ -7,10 +7,10 @@ its CUDA arguments here, with the functions the stages themselves call, and hand
 library that will receive them on the cluster, short of allocating a GPU:
 
 - sampling: `aha.config.sampling_plan`, then vLLM's `EngineArgs(...).create_engine_config()`
-  for the `vllm.LLM` kwargs (`aha.sample_vllm.engine_kwargs`), or transformers'
+  for the `vllm.LLM` kwargs (`aha.launch.vllm_sampler.engine_kwargs`), or transformers'
   `BitsAndBytesConfig` and its 4-bit quantizer for the `from_pretrained` kwargs
-  (`aha.sample.hf_load_kwargs`);
-- training: `GRPOConfig(**aha.train.build_grpo_args(...))` (TRL and transformers), with only
+  (`aha.stages.sample.hf_load_kwargs`);
+- training: `GRPOConfig(**aha.stages.train.build_grpo_args(...))` (TRL and transformers), with only
   the hardware probe for bf16 answered as a GPU would; `LoraConfig` and `BitsAndBytesConfig`;
 - launching: the `accelerate launch` argv against accelerate's own parser, the zero3 yaml
   through accelerate's loader and its DeepSpeed plugin into DeepSpeed's ZeRO config model;
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from aha import gpu
 from aha.config import ConfigError, check, validate_section
+from aha.launch import gpu
 
 SNAPSHOT = Path(__file__).with_name("vllm-0.30.json")
 log = logging.getLogger("aha.contracts")
@@ -228,9 +228,11 @@ def accelerate_options(command: Sequence[str]) -> list[str]:
 def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) -> list[Contract]:
     """Every device branch of every run of `config`, on cuda. `model_dir` stands in for the
     run's weights (vLLM reads its config.json): no Hub download, no GPU."""
-    from aha import launch, sample, sample_vllm, train
     from aha.config import default_devices, run_view, sampling_plan, uses_vllm_server
+    from aha.launch import commands as launch
+    from aha.launch import vllm_sampler as sample_vllm
     from aha.sections import RunSpec
+    from aha.stages import sample, train
 
     found: list[Contract] = []
     backend = config["sampling"]["backend"]
@@ -275,7 +277,7 @@ def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) ->
 
 def server_argv(view: dict[str, Any], model: str) -> list[str]:
     """The `vllm serve` arguments the server-mode wrapper starts for this run (after `serve`)."""
-    from aha.vllm_serve import server_command
+    from aha.launch.vllm_serve import server_command
 
     command = server_command(model, port=8000, options=view.get("vllm_server") or {})
     return command[command.index("serve") + 1 :]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real single-node SLURM on localhost, all state in one directory, for tests/test_slurm.py.
+# A real single-node SLURM on localhost, all state in one directory, for tests/integration/test_slurm.py.
 #
 #   tests/slurm/local-slurm.sh start DIR   install slurm-wlm + munge if missing (root: apt-get),
 #                                           write DIR/slurm.conf, start munged, slurmctld, slurmd,

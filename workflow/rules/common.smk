@@ -21,8 +21,8 @@ from aha.config import (
     schema_error,
     steps,
 )
-from aha.gpu_monitor import ENV_LOG, gpu_log_path, use_pci_device_order
-from aha.launch import LaunchError, stop_budget, train_command
+from aha.launch.gpu_monitor import ENV_LOG, gpu_log_path, use_pci_device_order
+from aha.launch.commands import LaunchError, stop_budget, train_command
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
 if problem := schema_error(config, SCHEMA):
@@ -74,7 +74,7 @@ def sample_gpus(wildcards):
 
 # Snakemake's benchmark file of each job (wall and CPU seconds, peak memory), by rule: the rules
 # name theirs from here and rule compute (report.smk) reads every one. A job given GPUs also
-# samples them with nvidia-smi into NAME.gpu.tsv beside its benchmark (aha.gpu_monitor).
+# samples them with nvidia-smi into NAME.gpu.tsv beside its benchmark (aha.launch.gpu_monitor).
 BENCHMARKS = {
     "prepare_data": "benchmarks/prepare_data/prepare_data.tsv",
     "build_tiny_model": "benchmarks/build_tiny_model/build_tiny_model.tsv",
@@ -118,7 +118,7 @@ TINY = "results/models/tiny"
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 # ... and CUDA numbers GPUs as nvidia-smi does (PCI bus order), in every job: the server-mode
 # wrapper's vLLM server and its trainer then agree on which GPU is which, and the GPU log
-# matches CUDA ids to nvidia-smi rows (aha.gpu_monitor).
+# matches CUDA ids to nvidia-smi rows (aha.launch.gpu_monitor).
 use_pci_device_order()
 RUNS = list(config["runs"])
 # One replicate of a run (its seed) trains, samples and scores in its own folder; step 0, the
@@ -213,7 +213,7 @@ def sample_quantization(wildcards):
 
 
 def train_stop_budget(wildcards, resources):
-    """The job's stop budget (aha.launch.StopBudget): from the lead of the `--signal=TERM@N`
+    """The job's stop budget (aha.launch.commands.StopBudget): from the lead of the `--signal=TERM@N`
     in its slurm_extra, the one place it is set (profiles/slurm); 300 s without one."""
     spec = replicate_view(config, wildcards.run, int(wildcards.seed))
     try:
@@ -223,7 +223,7 @@ def train_stop_budget(wildcards, resources):
 
 
 def launch_command(wildcards, resources):
-    """The mode-specific training command (see aha.launch.train_command)."""
+    """The mode-specific training command (see aha.launch.commands.train_command)."""
     spec = replicate_view(config, wildcards.run, int(wildcards.seed))
     devices = int(resources.gpu) if spec["device"] == "cuda" else default_devices(spec)
     cmd = train_command(

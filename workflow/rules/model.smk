@@ -1,7 +1,7 @@
 # The embedded tiny policy (model.source: tiny): offline tokenizer + Qwen2 + warm start.
 # For hub models there is nothing to build: training and step-0 sampling load them directly.
 # With model.tiny.prebuilt (config/tiny.yaml: models/tiny-base, committed) the rule installs
-# that model instead, after checking it was built from this very recipe (aha.tiny_artifact);
+# that model instead, after checking it was built from this very recipe (aha.tiny.artifact);
 # `prebuilt: null` (config/tiny-rebuild.yaml) builds it here.
 
 

@@ -5,10 +5,10 @@
 # stages compose no path and building the DAG imports no plotting code. Whatever an input lacks
 # (a run with no logged step, an empty samples file) is stated on the figure or page.
 from aha.config import run_seeds, steps
-from aha.report_inputs import repeated, runs_argument
+from aha.report.inputs import repeated, runs_argument
 
 CAPTION = "../report/{}.rst"
-# `plots` option -> figure file (the options are aha.plots.FIGURES).
+# `plots` option -> figure file (the options are aha.stages.plots.FIGURES).
 FIGURES = {
     "success": "results/plots/success.svg",
     "patterns": "results/plots/success_by_pattern.svg",

@@ -4,11 +4,11 @@
 # results/runs/{run}/seed-{seed}/trainer/, outside declared outputs, so a rerun of an
 # interrupted job resumes from its newest checkpoint-N instead of starting over. The seed is
 # TRL's: the spec's grpo.seed is the replicate's (aha.config.replicate_view), and --seed too.
-# The command depends on the mode (aha.launch.train_command): cpu/qlora run `python -m aha
+# The command depends on the mode (aha.launch.commands.train_command): cpu/qlora run `python -m aha
 # train`; zero3 runs it under `accelerate launch` (DeepSpeed ZeRO-3), on all GPUs with vLLM
 # colocated, or on all but the last with vLLM's `vllm serve` started there (on 127.0.0.1, on
 # ports the job chooses) and always stopped. Its stop timeouts all follow from the one
-# `--signal=TERM@N` of the job's slurm_extra (aha.launch.StopBudget); the log's first line says
+# `--signal=TERM@N` of the job's slurm_extra (aha.launch.commands.StopBudget); the log's first line says
 # how.
 rule train:
     wildcard_constraints:

@@ -1,0 +1,214 @@
+"""How a training run is launched, per mode, and how long a preempted run has to stop.
+
+`train_command` is pure: the train rule calls it with the run's settings, its GPU resources and
+its stop budget, and gets the argv prefix to which it appends the `aha train` arguments.
+
+- cpu, qlora: `python -m aha train ...` (one process; qlora uses one GPU).
+- zero3, vllm_mode colocate: `accelerate launch --config_file workflow/accelerate/zero3.yaml
+  --num_processes GPUS --main_process_port 0 -m aha train ...`; vLLM runs inside every rank.
+- zero3, vllm_mode server: the same on GPUS - 1 processes, wrapped by `python -m aha
+  with-vllm-server` (`aha.launch.vllm_server`), which serves the model with vLLM's own `vllm serve` on
+  the last GPU, bound to 127.0.0.1, on ports it chooses when the job starts.
+
+Ports are per job: `--main_process_port 0` makes accelerate pick a free port for torchrun's
+rendezvous when the job starts (instead of 29500, which a second job on the node would find
+busy), in both zero3 variants and still as one `accelerate launch` process tree.
+
+The stop budget (`StopBudget`): SLURM sends SIGTERM `--signal=TERM@N` seconds before the time
+limit (the train job's `slurm_extra`; DEFAULT_SIGNAL_LEAD_S without one). Every timeout of the
+stop is derived from that N, so the layers stop in order within it: torchrun's ranks save, then
+torchrun exits, then the wrapper stops the vLLM server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aha.config import training_processes, uses_vllm_server
+from aha.launch.process_tree import KILL_WAIT_S
+from aha.launch.vllm_sampler import CPU_KVCACHE_GIB
+
+# The lead of profiles/slurm's `--signal=TERM@300`; also the budget of a run with no such signal
+# (a local run stopped with SIGTERM).
+DEFAULT_SIGNAL_LEAD_S = 300
+SLURM_DEFAULT_SIGNAL_TIME_S = 60  # `--signal=TERM` without @N: SLURM's own default lead
+# The server saves nothing: SIGINT (its clean shutdown), SIGKILL this long after.
+SERVER_GRACE_S = 30
+# What the wrapper needs after the training command's grace: its server grace, and three bounded
+# waits of KILL_WAIT_S (the command's tree after SIGKILL, the command's status, the server's tree
+# after SIGKILL).
+SERVER_STOP_MARGIN_S = SERVER_GRACE_S + 3 * int(KILL_WAIT_S)
+# torchrun after its shutdown timeout: SIGKILL to the ranks, reaping them, its own exit.
+LAUNCHER_EXIT_MARGIN_S = 15
+MIN_SHUTDOWN_TIMEOUT_S = 30  # a floor: less cannot hold a step and a save of any real model
+# `--signal=[{R|B}:]<sig>[@<seconds>]`, <sig> TERM, SIGTERM or 15 (SLURM's sbatch syntax).
+_SIGNAL = re.compile(r"--signal[= ]\s*(?:[RB]{1,2}:)?(?:SIG)?(?:TERM|15)(?:@(\d+))?(?!\S)", re.I)
+
+
+class LaunchError(ValueError):
+    """A run that cannot be launched with the given resources; one line naming the fix."""
+
+
+def signal_lead(slurm_extra: str | None) -> tuple[int, str]:
+    """(seconds between SIGTERM and the time limit, where that number comes from)."""
+    match = _SIGNAL.search(slurm_extra or "")
+    if match is None:
+        return DEFAULT_SIGNAL_LEAD_S, "default: the job's slurm_extra has no --signal=TERM@N"
+    lead = int(match.group(1)) if match.group(1) else SLURM_DEFAULT_SIGNAL_TIME_S
+    return lead, f"slurm_extra {match.group(0).strip()}"
+
+
+@dataclass(frozen=True)
+class StopBudget:
+    """The seconds SIGTERM ahead of the time limit leaves each layer of a training job.
+
+    `lead_s` is the one setting. A zero3 run's torchrun gives its ranks `shutdown_timeout_s`
+    (TORCH_ELASTIC_SHUTDOWN_TIMEOUT) to finish their step and save, then needs
+    LAUNCHER_EXIT_MARGIN_S itself; in server mode that all happens within the wrapper's
+    `wrapper_grace_s`, which leaves SERVER_STOP_MARGIN_S to stop the server.
+    """
+
+    lead_s: int
+    source: str
+    launcher: bool = False  # torchrun (zero3)
+    server: bool = False  # the vLLM server wrapper (zero3, vllm_mode server)
+
+    @property
+    def wrapper_grace_s(self) -> int:
+        return self.lead_s - SERVER_STOP_MARGIN_S
+
+    @property
+    def shutdown_timeout_s(self) -> int:
+        outer = self.wrapper_grace_s if self.server else self.lead_s
+        return outer - LAUNCHER_EXIT_MARGIN_S
+
+    def describe(self) -> str:
+        """The whole budget in one log line (the train rule writes it first)."""
+        head = f"stop budget: SIGTERM {self.lead_s} s before the time limit ({self.source})"
+        if not self.launcher:
+            return f"{head}: the trainer saves at the end of its step and exits"
+        ranks = (
+            f"torchrun gives its ranks {self.shutdown_timeout_s} s to finish the step and save "
+            f"(TORCH_ELASTIC_SHUTDOWN_TIMEOUT), then {LAUNCHER_EXIT_MARGIN_S} s to exit"
+        )
+        if not self.server:
+            return f"{head}: {ranks}"
+        return (
+            f"{head}: the training command gets {self.wrapper_grace_s} s (--grace), in which "
+            f"{ranks}; then {SERVER_STOP_MARGIN_S} s to stop the vLLM server "
+            f"(--server-grace {SERVER_GRACE_S})"
+        )
+
+
+def stop_budget(run_spec: dict[str, Any], slurm_extra: str | None = None) -> StopBudget:
+    """The run's StopBudget from its train job's `slurm_extra`; LaunchError if too short."""
+    lead, source = signal_lead(slurm_extra)
+    zero3 = run_spec.get("mode") == "zero3"
+    budget = StopBudget(lead, source, launcher=zero3, server=zero3 and uses_vllm_server(run_spec))
+    if zero3 and budget.shutdown_timeout_s < MIN_SHUTDOWN_TIMEOUT_S:
+        margins = lead - budget.shutdown_timeout_s
+        raise LaunchError(
+            f"runs.{run_spec.get('name', '?')}: {source} leaves the ranks "
+            f"{budget.shutdown_timeout_s} s to save ({margins} s go to the stop's other steps); "
+            f"set N in the train job's slurm_extra --signal=TERM@N to a step plus its checkpoint "
+            f"save plus {margins} s, at least {margins + MIN_SHUTDOWN_TIMEOUT_S}"
+        )
+    return budget
+
+
+# A CPU rehearsal (device cpu) differs from the GPU launch in these settings only: DeepSpeed's
+# CPU accelerator, a KV cache size for vLLM's CPU build (GiB) and fp32. Not accelerate's --cpu: it
+# would run one plain process without DeepSpeed (aha.stages.train gives ZeRO-3 `ddp_backend: gloo`).
+CPU_ENV = ("DS_ACCELERATOR=cpu", f"VLLM_CPU_KVCACHE_SPACE={CPU_KVCACHE_GIB}")
+# ZeRO-3 ranks on the CPU train in fp32: transformers refuses bf16 without a GPU (short of
+# use_cpu, see above), so the rehearsal sets grpo.bf16 false and the zero3 yaml's bf16 mixed
+# precision, which DeepSpeed would otherwise enable, is switched off on the command line.
+CPU_ACCELERATE = ("--mixed_precision", "no")
+
+
+def pinned_ports(run_spec: dict[str, Any]) -> dict[str, int]:
+    """The server-mode ports the run's grpo pins (wrapper flag -> port); the rest are chosen."""
+    grpo = run_spec.get("grpo") or {}
+    flags = {"--port": "vllm_server_port", "--group-port": "vllm_group_port"}
+    return {flag: int(grpo[key]) for flag, key in flags.items() if grpo.get(key) is not None}
+
+
+def train_command(
+    run_spec: dict[str, Any],
+    gpus: int,
+    python: str,
+    train_args: Sequence[str],
+    *,
+    model: str | None = None,
+    server_log: str | None = None,
+    accelerate_config: str | None = None,
+    budget: StopBudget | None = None,
+) -> list[str]:
+    """The argv that trains `run_spec` (a `aha.config.run_view`) on `gpus` devices.
+
+    `gpus` are GPUs, or on a CPU rehearsal (`device: cpu`) the CPU processes that stand in for
+    them (`aha.config.default_devices`): the split between training and server is the same.
+    `train_args` are appended after `aha train` (pass [] to get a prefix the rule extends).
+    `model` is what the vLLM server serves in server mode (default: the run's
+    model.name_or_path); `server_log` is where the server's output goes. `accelerate_config`
+    is the accelerate + DeepSpeed yaml of a zero3 run: the rule passes its path. `budget`
+    (default: `stop_budget` without slurm_extra) sets the timeouts of a preempted run's stop.
+    """
+    mode = run_spec.get("mode")
+    name = run_spec.get("name", "?")
+    on_cpu = run_spec.get("device", "cuda") == "cpu" and mode != "cpu"
+    unit = "CPU process" if on_cpu else "GPU"
+    train = ["-m", "aha", "train", *train_args]
+    if mode == "cpu":
+        return [python, *train]
+    env = ["env", *CPU_ENV] if on_cpu else []
+    if mode == "qlora":
+        if gpus < 1:
+            raise LaunchError(f"runs.{name}: mode qlora needs 1 {unit} (resources gpu={gpus})")
+        return [*env, python, *train]
+    if mode != "zero3":
+        raise LaunchError(f"runs.{name}.mode: {mode!r} is not one of cpu, qlora, zero3")
+    server = uses_vllm_server(run_spec)
+    processes = training_processes(run_spec, gpus)
+    if processes < 1:
+        need = f"2 {unit}es" if on_cpu else "2 GPUs"
+        need = f"{need} (one trains, the last serves vLLM)" if server else f"1 {unit}"
+        raise LaunchError(f"runs.{name}: mode zero3 needs at least {need} (resources gpu={gpus})")
+    if not accelerate_config:
+        raise LaunchError(f"runs.{name}: mode zero3 needs an accelerate config file")
+    budget = budget or stop_budget(run_spec)
+    launch = [
+        "env",
+        f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={budget.shutdown_timeout_s}",
+        *env[1:],
+        python,
+        "-m",
+        "accelerate.commands.launch",  # = `accelerate launch`, from this interpreter
+        "--config_file",
+        accelerate_config,
+        "--num_processes",
+        str(processes),
+        "--main_process_port",
+        "0",  # a free rendezvous port, chosen by accelerate as the job starts
+        *(CPU_ACCELERATE if on_cpu else []),
+        *train,
+    ]
+    if not server:
+        return launch
+    served = model or (run_spec.get("model") or {}).get("name_or_path")
+    if not served:
+        raise LaunchError(f"runs.{name}: no model to serve (model.name_or_path)")
+    wrapper = [*env, python, "-m", "aha", "with-vllm-server", "--model", served]
+    wrapper += ["--gpus", str(gpus)]
+    for flag, port in pinned_ports(run_spec).items():
+        wrapper += [flag, str(port)]
+    wrapper += ["--grace", str(budget.wrapper_grace_s), "--server-grace", str(SERVER_GRACE_S)]
+    if run_spec.get("vllm_server"):
+        wrapper += ["--server-args", json.dumps(run_spec["vllm_server"], sort_keys=True)]
+    if server_log:
+        wrapper += ["--server-log", server_log]
+    return [*wrapper, "--", *launch]

@@ -1,0 +1,1 @@
+"""The real DAGs, the CPU rehearsal, SLURM and the browser (minutes each)."""
