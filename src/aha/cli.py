@@ -1,0 +1,57 @@
+"""The one stage-CLI helper: every `python -m aha STAGE` parses, logs and fails the same way.
+
+A stage's `cli(argv, prog)` builds its parser with `parser`, reads JSON arguments (a config
+section, a run) with `json_arg`, and wraps its work in `failing_as`, so a bad argument is
+argparse's usage line and a known failure is one line `prog: message`, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+
+
+def parser(prog: str, doc: str | None, **kwargs: Any) -> argparse.ArgumentParser:
+    """The stage's parser; its description is the first paragraph of the module's docstring."""
+    description = (doc or "").strip().split("\n\n")[0].replace("\n", " ")
+    return argparse.ArgumentParser(prog=prog, description=description, **kwargs)
+
+
+def json_arg(build: Callable[[Any], T] = lambda value: value) -> Callable[[str], T]:
+    """An argparse `type`: the text parsed as JSON, then `build(value)` (a typed section, a Run).
+
+    A text that is not JSON, or that `build` refuses with ValueError (ConfigError is one), is
+    argparse's one-line usage error naming the option.
+    """
+
+    def parse(text: str) -> T:
+        try:
+            return build(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"not JSON: {err}") from None
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    parse.__name__ = "JSON"  # argparse names the type in its message
+    return parse
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """One log line format for every stage (the rule's log file shows them in order)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
+
+
+@contextmanager
+def failing_as(prog: str, *errors: type[BaseException]) -> Iterator[None]:
+    """Inside, an exception of `errors` leaves as SystemExit(`prog: message`): one line."""
+    try:
+        yield
+    except errors as err:
+        raise SystemExit(f"{prog}: {err}") from None
