@@ -1,5 +1,6 @@
 # `make demo` (install + run the tiny DAG + report), `make rehearsal` (the seed config's GPU
-# modes, on the CPU) and `make test` (both environments, every test).
+# modes, on the CPU), `make unit` (the fast tier, the inner loop), `make integration` (real DAGs,
+# rehearsal, SLURM, browser) and `make test` (both environments, both tiers: what CI runs).
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -11,13 +12,15 @@ RBIN   := $(RVENV)/bin
 RSTAMP := $(RVENV)/.installed
 DEEPSPEED := deepspeed==0.19.8
 
-.PHONY: demo test install install-rehearsal rehearsal lint report clean help
+.PHONY: demo test unit integration install install-rehearsal rehearsal lint report clean help
 
 help:
 	@echo "make demo   - create $(VENV), install, run the tiny DAG on $(CORES) cores, write results/report.html"
 	@echo "make rehearsal - create $(RVENV), run the seed config's GPU modes on the CPU, write rehearsal/results/report.html"
-	@echo "make test   - create/update $(VENV) and $(RVENV), run the test suite"
-	@echo "make lint   - ruff + snakemake --lint"
+	@echo "make unit   - create/update $(VENV), run tests/unit (pure and fast: the inner loop)"
+	@echo "make integration - create/update $(VENV) and $(RVENV), run tests/integration"
+	@echo "make test   - create/update $(VENV) and $(RVENV), run both tiers (what CI runs)"
+	@echo "make lint   - ruff (src tests bench) + snakemake --lint"
 	@echo "make clean  - remove results/, logs/, benchmarks/, .snakemake/"
 
 install: $(STAMP)
@@ -57,9 +60,19 @@ demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES)
 	$(BIN)/snakemake --cores $(CORES) --report results/report.html
 
+# pyproject.toml's testpaths are tests/unit and tests/integration: `pytest` alone runs both.
+# The unit tier needs $(VENV) alone: a unit test that needs $(RVENV) uses it where it is
+# installed and is skipped where not (tests/conftest.py, rehearsal_python).
 test: $(STAMP) $(RSTAMP)
 	scripts/install-chromium.sh
 	$(BIN)/python -m pytest -ra --durations=20
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit -q -ra --durations=10
+
+integration: $(STAMP) $(RSTAMP)
+	scripts/install-chromium.sh
+	$(BIN)/python -m pytest tests/integration -ra --durations=20
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

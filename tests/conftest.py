@@ -1,7 +1,12 @@
-"""Shared fixtures: run the real workflow in a scratch directory."""
+"""Shared fixtures: run the real workflow in a scratch directory; the two tiers' rule.
+
+tests/unit is the inner loop (`make unit`): pure and fast, no test marked slow, slurm or browser.
+tests/integration (`make integration`) runs the real DAGs, the rehearsal, SLURM and the browser.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +21,25 @@ SNAKEFILE = ROOT / "Snakefile"
 TINY_TEST_CONFIG = ROOT / "tests" / "data" / "tiny-test.yaml"
 # The rehearsal: the seed config with config/rehearsal.yaml merged over it (make rehearsal).
 REHEARSAL_CONFIGS = (ROOT / "config" / "config.yaml", ROOT / "config" / "rehearsal.yaml")
+UNIT = ROOT / "tests" / "unit"
+# Markers of tests too slow or too heavy for the unit tier (pyproject.toml declares them).
+INTEGRATION_ONLY = ("slow", "slurm", "browser")
+
+
+@pytest.hookimpl(trylast=True)  # after -m, -k and --deselect: only the tests that would run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A unit test marked slow, slurm or browser belongs in tests/integration: refused."""
+    misplaced = [
+        f"{item.nodeid} ({', '.join(m for m in INTEGRATION_ONLY if item.get_closest_marker(m))})"
+        for item in items
+        if item.path.is_relative_to(UNIT)
+        and any(item.get_closest_marker(m) for m in INTEGRATION_ONLY)
+    ]
+    if misplaced:
+        raise pytest.UsageError(
+            "tests/unit is the fast tier; move these to tests/integration:\n  "
+            + "\n  ".join(misplaced)
+        )
 
 
 def snakemake(
@@ -70,6 +94,19 @@ def workdir_copy(tmp_path: Path, tiny_dag: Path) -> Path:
     dst = tmp_path / "dag"
     shutil.copytree(tiny_dag, dst, symlinks=True)
     return dst
+
+
+@pytest.fixture(scope="session")
+def tiny_train_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config/tiny.yaml's train split, made by the data stage as the DAG makes it."""
+    import yaml
+
+    from aha.__main__ import main
+
+    out = tmp_path_factory.mktemp("tiny-data")
+    dataset = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())["dataset"]
+    main(["prepare-data", "--dataset", json.dumps(dataset), "--out-dir", str(out)])
+    return out / "train.parquet"
 
 
 def rehearsal_python() -> Path:

@@ -1,8 +1,9 @@
 """The one stage-CLI helper: every `python -m aha STAGE` parses, logs and fails the same way.
 
 A stage's `cli(argv, prog)` builds its parser with `parser`, reads JSON arguments (a config
-section, a run) with `json_arg`, and wraps its work in `failing_as`, so a bad argument is
-argparse's usage line and a known failure is one line `prog: message`, never a traceback.
+section, a run) with `json_arg` (`add_json` adds such an option), and wraps its work in
+`failing_as`, so a bad argument is argparse's usage line and a known failure is one line
+`prog: message`, never a traceback.
 """
 
 from __future__ import annotations
@@ -41,6 +42,18 @@ def json_arg(build: Callable[[Any], T] = lambda value: value) -> Callable[[str],
 
     parse.__name__ = "JSON"  # argparse names the type in its message
     return parse
+
+
+def add_json(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup,
+    flag: str,
+    build: Callable[[Any], Any] = lambda value: value,
+    **kwargs: Any,
+) -> argparse.Action:
+    """`flag JSON`, read with `json_arg(build)`: required unless it has a default (or says
+    `required=False`)."""
+    kwargs.setdefault("required", "default" not in kwargs)
+    return p.add_argument(flag, type=json_arg(build), metavar="JSON", **kwargs)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

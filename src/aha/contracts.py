@@ -6,12 +6,12 @@ side is not what ran. A qlora sampling bug hid exactly there: vLLM 0.30 refuses
 its CUDA arguments here, with the functions the stages themselves call, and hands them to the
 library that will receive them on the cluster, short of allocating a GPU:
 
-- sampling: `aha.config.sampling_plan`, then vLLM's `EngineArgs(...).create_engine_config()`
-  for the `vllm.LLM` kwargs (`aha.launch.vllm_sampler.engine_kwargs`), or transformers'
-  `BitsAndBytesConfig` and its 4-bit quantizer for the `from_pretrained` kwargs
-  (`aha.stages.sample.hf_load_kwargs`);
-- training: `GRPOConfig(**aha.stages.train.build_grpo_args(...))` (TRL and transformers), with only
-  the hardware probe for bf16 answered as a GPU would; `LoraConfig` and `BitsAndBytesConfig`;
+- sampling: the run's sampler (`aha.run.Run.sample_backend`), then vLLM's
+  `EngineArgs(...).create_engine_config()` for the `vllm.LLM` kwargs
+  (`aha.launch.vllm_sampler.engine_kwargs`), or transformers' `BitsAndBytesConfig` and its 4-bit
+  quantizer for the `from_pretrained` kwargs (`aha.stages.sample.hf_load_kwargs`);
+- training: `GRPOConfig(**Run.grpo_args(...))` (TRL and transformers), with only the hardware
+  probe for bf16 answered as a GPU would; `LoraConfig` and `BitsAndBytesConfig`;
 - launching: the `accelerate launch` argv against accelerate's own parser, the zero3 yaml
   through accelerate's loader and its DeepSpeed plugin into DeepSpeed's ZeRO config model;
 - the vLLM server: the `vllm serve` argv against vLLM's own parser and engine config.
@@ -31,11 +31,15 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
+from aha.cli import failing_as, parser, setup_logging
 from aha.config import ConfigError, check, validate_section
 from aha.launch import gpu
+
+if TYPE_CHECKING:
+    from aha.run import Run
 
 SNAPSHOT = Path(__file__).with_name("vllm-0.30.json")
 log = logging.getLogger("aha.contracts")
@@ -161,15 +165,19 @@ def check_bnb_load(kwargs: dict[str, Any]) -> str:
     return "transformers Bnb4BitHfQuantizer.validate_environment"
 
 
-def check_peft(lora: dict[str, Any], quantization: dict[str, Any]) -> str:
+def check_peft(lora: dict[str, Any], quantization: dict[str, Any] | None = None) -> str:
+    """peft's `LoraConfig` (and transformers' `BitsAndBytesConfig`, for a 4-bit base)."""
     from peft import LoraConfig
     from transformers import BitsAndBytesConfig
 
     try:
         LoraConfig(**lora)
-        BitsAndBytesConfig(**quantization)
+        if quantization is not None:
+            BitsAndBytesConfig(**quantization)
     except (TypeError, ValueError) as err:
         raise ContractError(f"LoraConfig/BitsAndBytesConfig: {_first_line(err)}") from None
+    if quantization is None:
+        return "peft LoraConfig"
     return "peft LoraConfig + transformers BitsAndBytesConfig"
 
 
@@ -228,38 +236,25 @@ def accelerate_options(command: Sequence[str]) -> list[str]:
 def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) -> list[Contract]:
     """Every device branch of every run of `config`, on cuda. `model_dir` stands in for the
     run's weights (vLLM reads its config.json): no Hub download, no GPU."""
-    from aha.config import default_devices, run_view, sampling_plan, uses_vllm_server
-    from aha.launch import commands as launch
-    from aha.launch import vllm_sampler as sample_vllm
-    from aha.sections import RunSpec
-    from aha.stages import sample, train
+    from aha.run import Run
 
     found: list[Contract] = []
-    backend = config["sampling"]["backend"]
     for name in config["runs"]:
-        view = {**run_view(config, name), "device": "cuda"}
-        if view["mode"] == "cpu":
+        run = Run.build({**config, "device": "cuda"}, name)  # its first replicate, on a GPU
+        if run.device != "cuda":  # a mode that only ever runs on the CPU: no CUDA branch
             continue
-        spec = RunSpec.from_view(view)
-        chosen, quantization = sampling_plan(view, backend)
-        if chosen in ("vllm", "auto"):  # auto is vLLM on a GPU node with the gpu extra
-            kwargs = sample_vllm.engine_kwargs(model_dir, None, seed=0, device="cuda")
-            found.append(Contract(f"{name}: sample, vllm.LLM", _bind(check_vllm_engine, kwargs)))
-        if chosen in ("hf", "auto") and quantization:
-            load = sample.hf_load_kwargs(quantization, "cuda")
-            found.append(Contract(f"{name}: sample, NF4 base", _bind(check_bnb_load, load)))
-        grpo = train.build_grpo_args(spec, "/nonexistent/out", seed=0)
+        found += _sample_contracts(run, model_dir)
+        grpo = run.grpo_args("/nonexistent/out", env={})
         found.append(Contract(f"{name}: train, GRPOConfig", _bind(check_grpo_config, grpo)))
-        if view["mode"] == "qlora":
-            lora, quant = train.lora_kwargs(spec), train.quantization_kwargs(spec)
-            load = {**train.build_peft_objects(spec), **(grpo["model_init_kwargs"] or {})}
-            found.append(Contract(f"{name}: train, LoRA + NF4", _bind(check_peft, lora, quant)))
+        if run.lora is not None:
+            what = "LoRA + NF4" if run.quantization is not None else "LoRA"
+            check = _bind(check_peft, run.lora, run.quantization)
+            found.append(Contract(f"{name}: train, {what}", check))
+        if run.quantization is not None:
+            load = {**run.peft_objects(), **(grpo["model_init_kwargs"] or {})}
             found.append(Contract(f"{name}: train, NF4 base", _bind(check_bnb_load, load)))
-        if view["mode"] == "zero3":
-            devices = default_devices(view)  # the GPUs of a cuda run (view's device)
-            command = launch.train_command(
-                view, devices, "python", [], model=model_dir, accelerate_config=accelerate_config
-            )
+        if run.mode.launcher == "accelerate":
+            command = run.launch_argv([], model=model_dir, accelerate_config=accelerate_config)
             options = accelerate_options(command)
             found.append(
                 Contract(
@@ -267,19 +262,34 @@ def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) ->
                     _bind(check_accelerate_launch, options, accelerate_config),
                 )
             )
-            if uses_vllm_server(view):
-                serve = server_argv(view, model_dir)
-                found.append(
-                    Contract(f"{name}: server, vllm serve", _bind(check_vllm_serve, serve))
-                )
+        if run.uses_vllm_server:
+            serve = server_argv(run.vllm_server, model_dir)
+            found.append(Contract(f"{name}: server, vllm serve", _bind(check_vllm_serve, serve)))
     return found
 
 
-def server_argv(view: dict[str, Any], model: str) -> list[str]:
-    """The `vllm serve` arguments the server-mode wrapper starts for this run (after `serve`)."""
+def _sample_contracts(run: Run, model_dir: str) -> list[Contract]:
+    """The sample rule's branch on cuda: vLLM's engine (vllm; auto is vLLM on a GPU node with
+    the gpu extra), or transformers' 4-bit load of a run sampled on its NF4 base."""
+    from aha.launch import vllm_sampler as sample_vllm
+    from aha.stages import sample
+
+    found = []
+    if run.sample_backend in ("vllm", "auto"):
+        kwargs = sample_vllm.engine_kwargs(model_dir, None, seed=0, device="cuda")
+        found.append(Contract(f"{run.name}: sample, vllm.LLM", _bind(check_vllm_engine, kwargs)))
+    if run.sample_backend in ("hf", "auto") and run.quantization:
+        load = sample.hf_load_kwargs(run.quantization, "cuda")
+        found.append(Contract(f"{run.name}: sample, NF4 base", _bind(check_bnb_load, load)))
+    return found
+
+
+def server_argv(options: dict[str, Any], model: str) -> list[str]:
+    """The `vllm serve` arguments the server-mode wrapper starts with the run's `vllm_server`
+    options (after `serve`)."""
     from aha.launch.vllm_serve import server_command
 
-    command = server_command(model, port=8000, options=view.get("vllm_server") or {})
+    command = server_command(model, port=8000, options=options)
     return command[command.index("serve") + 1 :]
 
 
@@ -326,40 +336,36 @@ def _merge(into: dict[str, Any], update: dict[str, Any]) -> None:
 
 
 def cli(argv: list[str], prog: str) -> None:
+    """Check every device branch's CUDA arguments with the pinned libraries' own validation, on
+    any machine (no GPU needed). One line per check; exit 1 if any fails."""
     root = Path(__file__).resolve().parents[2]
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Check every device branch's CUDA arguments with the pinned libraries' own "
-        "validation, on any machine (no GPU needed). One line per check; exit 1 if any fails.",
-    )
-    parser.add_argument(
+    p = parser(prog, cli.__doc__)
+    p.add_argument(
         "--configfile",
         nargs="+",
         default=[str(root / "config" / "config.yaml")],
         help="config files, merged in order (default: the seed, config/config.yaml)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--model",
         default=str(root / "models" / "tiny-base"),
         help="a local model directory standing in for the runs' weights (default: the "
         "committed tiny Qwen2, models/tiny-base)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--accelerate-config",
         default=str(root / "workflow" / "accelerate" / "zero3.yaml"),
         help="the zero3 accelerate + DeepSpeed yaml (default: the workflow's)",
     )
-    parser.add_argument("--write-vllm-snapshot", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s: %(message)s")
+    p.add_argument("--write-vllm-snapshot", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    setup_logging(logging.WARNING)
     if args.write_vllm_snapshot:
         SNAPSHOT.write_text(json.dumps(vllm_snapshot(), indent=1) + "\n")
         print(f"{prog}: wrote {SNAPSHOT}")
         return
-    try:
+    with failing_as(prog, ConfigError):
         found = contracts(load_config(args.configfile), args.model, args.accelerate_config)
-    except ConfigError as err:
-        raise SystemExit(f"{prog}: {err}") from None
     results = run_all(found)
     for name, passed, detail in results:
         print(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}", flush=True)

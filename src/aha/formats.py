@@ -346,3 +346,74 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "success_with_reflection",
     "success_without_reflection",
 )
+
+
+# ----------------------------------------------------------------------------- across seeds
+
+# Columns of results/summary_across_seeds.tsv, in order: `aggregate` writes it and the success
+# figure draws its means and intervals.
+ACROSS_SEEDS_COLUMNS: tuple[str, ...] = (
+    "run",
+    "step",
+    "seeds",
+    "n_seeds",
+    "success_mean",
+    "success_t_lo",
+    "success_t_hi",
+    "n_completions",
+    "successes",
+    "success_pooled",
+    "success_pooled_lo",
+    "success_pooled_hi",
+)
+BASELINE = "base"  # the `seeds` of a step-0 row: one sample of the untrained model, every seed's
+
+
+def across_seeds(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, step) of a summary: ACROSS_SEEDS_COLUMNS.
+
+    `success_mean` is the mean of the seeds' success rates with its 95% Student t interval over
+    seeds (`success_t_lo/hi`, NA with one seed): how much another training seed would move the
+    result. `success_pooled` and its Wilson interval count all completions of all seeds as one
+    sample (sampling error only). A step-0 row is the run's shared baseline (`seeds` "base",
+    `n_seeds` 1): the untrained model is sampled once and is every seed's step 0. Rows without a
+    success rate (an empty samples file) are left out.
+    """
+    import math
+
+    import pandas as pd
+
+    from aha.task import metrics  # pure Python; imported here, as pandas is, when a table is made
+
+    rows = []
+    data = summary.dropna(subset=["success_rate", "n_completions"])
+    for (run, step), part in data.groupby(["run", "step"], sort=True):
+        seeds = part["seed"].dropna().astype(int).tolist() if "seed" in part else []
+        rates = [float(r) for r in part["success_rate"]]
+        counts = [
+            (round(float(rate) * int(n)), int(n))
+            for rate, n in zip(part["success_rate"], part["n_completions"], strict=True)
+        ]
+        mean, t_lo, t_hi = metrics.mean_t_interval(rates)
+        pooled, lo, hi = metrics.pooled_wilson(counts)
+        rows.append(
+            {
+                "run": run,
+                "step": int(step),
+                "seeds": ",".join(map(str, sorted(seeds))) if seeds else BASELINE,
+                "n_seeds": len(rates),
+                "success_mean": mean,
+                "success_t_lo": None if math.isnan(t_lo) else t_lo,
+                "success_t_hi": None if math.isnan(t_hi) else t_hi,
+                "n_completions": sum(n for _, n in counts),
+                "successes": sum(s for s, _ in counts),
+                "success_pooled": pooled,
+                "success_pooled_lo": lo,
+                "success_pooled_hi": hi,
+            }
+        )
+    out = pd.DataFrame(rows, columns=list(ACROSS_SEEDS_COLUMNS))
+    return out.astype(
+        {"run": "string", "step": "Int64", "n_seeds": "Int64", "n_completions": "Int64"}
+        | {"successes": "Int64", "success_t_lo": "Float64", "success_t_hi": "Float64"}
+    )

@@ -7,8 +7,7 @@ default and of an allowed key, `aha.config` the only home of a relation between 
 run by hand gets exactly the errors the DAG gives. A new knob is one schema entry, one field
 here and one line of config/README.md.
 
-`RunSpec` is not a section but the per-run view `aha.config.run_view` builds from a config the
-DAG already validated: it is built with the same field check (unknown keys refused), nothing else.
+A run is not a section: it is `aha.run.Run`, built from the whole config and its mode's row.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aha import config as cfg
@@ -102,33 +101,6 @@ class Sampling:
     batch_size: int
     seed: int
     backend: str
-
-
-# ----------------------------------------------------------------------------- one run
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run's settings: `aha.config.run_view(config, run)`, as the train rule passes them."""
-
-    name: str
-    mode: str
-    model: dict[str, Any]
-    device: str
-    checkpoints: tuple[int, ...]
-    grpo: dict[str, Any]
-    lora: dict[str, Any] = field(default_factory=dict)
-    quantization: dict[str, Any] = field(default_factory=dict)
-    vllm_server: dict[str, Any] = field(default_factory=dict)
-    weight_sync_timeout_s: float | None = None  # the schema's default fills it in a workflow
-
-    @property
-    def max_steps(self) -> int:
-        return int(self.grpo["max_steps"])
-
-    @classmethod
-    def from_view(cls, view: dict[str, Any]) -> RunSpec:
-        return build(cls, view, "run spec")
 
 
 # ----------------------------------------------------------------------------- building

@@ -129,7 +129,7 @@ def test_without_vllm_the_snapshot_refuses_the_same_arguments() -> None:
         contracts.check_vllm_engine({**seed, "quantization": "bitsandbytes"})
     with pytest.raises(contracts.ContractError, match="bogus"):
         contracts.check_vllm_engine({**seed, "bogus": 1})
-    serve = contracts.server_argv({"vllm_server": {"gpu_memory_utilization": 0.5}}, str(TINY))
+    serve = contracts.server_argv({"gpu_memory_utilization": 0.5}, str(TINY))
     assert "snapshot" in contracts.check_vllm_serve(serve)
     with pytest.raises(contracts.ContractError, match="--no-such-flag"):
         contracts.check_vllm_serve([*serve, "--no-such-flag", "1"])
@@ -216,3 +216,17 @@ def test_the_rules_cuda_sample_commands_pass_the_libraries_they_reach(tmp_path: 
         seen[run] = next(x for x in proc.stdout.splitlines() if x.startswith(("vllm", "hf")))
     assert seen["qwen-zero3"].startswith("vllm.LLM")
     assert seen["qwen-qlora"] == "hf nf4"  # every step of a qlora run in 4 bit, step 0 too
+
+
+def test_a_lora_run_has_its_training_branches_checked() -> None:
+    """Mode lora (bf16 + LoRA, one GPU): GRPOConfig and LoraConfig; nothing to quantize, and
+    sampled by transformers in the base's dtype, which needs no library's check."""
+    config = contracts.load_config([str(SEED)])
+    config["runs"] = {"l": {**config["runs"]["qwen-qlora"], "mode": "lora"}}
+    del config["runs"]["l"]["quantization"]
+    found = contracts.contracts(config, str(TINY), str(ROOT / "workflow/accelerate/zero3.yaml"))
+    assert [c.name for c in found] == ["l: train, GRPOConfig", "l: train, LoRA"]
+    assert [(passed, detail) for _, passed, detail in contracts.run_all(found)] == [
+        (True, "trl GRPOConfig"),
+        (True, "peft LoraConfig"),
+    ]

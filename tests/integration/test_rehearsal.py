@@ -126,7 +126,7 @@ def test_qlora_trains_a_lora_adapter(rehearsal_dag) -> None:
 
 def test_every_step_is_sampled_by_its_runs_sampler_scored_and_reported(rehearsal_dag) -> None:
     """zero3 runs by vLLM (its CPU build), the qlora run in NF4 by transformers: the very
-    sampler each takes on a GPU (aha.config.sampling_plan), so nothing differs but the device."""
+    sampler each takes on a GPU (aha.run.Run.sample_backend), so nothing differs but the device."""
     workdir, output = rehearsal_dag
     for run in RUNS:
         for step in STEPS:

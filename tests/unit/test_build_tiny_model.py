@@ -1,9 +1,9 @@
-"""The embedded tiny policy: tokenizer, chat template, traces and a very small real build."""
+"""The embedded tiny policy: tokenizer, chat template and traces (the small real build that trains
+a model: tests/integration/test_tiny_model_build.py)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import re
 from pathlib import Path
@@ -17,7 +17,6 @@ from aha.config import ConfigError
 from aha.sections import TinySpec, section
 from aha.stages import build_tiny_model
 from aha.task import countdown, generator, prompts, rewards
-from aha.tiny import artifact as tiny_artifact
 from aha.tiny import traces
 
 TASKS = [([12, 7, 3], 27), ([4, 1, 9], 14), ([20, 14, 1], 7), ([6, 2, 9], 72), ([5, 4, 1], 25)]
@@ -300,69 +299,3 @@ def test_cli_help_documents_every_argument(capsys):
     out = capsys.readouterr().out
     for arg in ("--tiny", "--train", "--seed", "--out-dir"):
         assert arg in out
-
-
-@pytest.fixture(scope="module")
-def small_build(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("build")
-    tasks = generator.generate(300, seed=11, num_counts=[3], number_range=(1, 20))
-    rows = [
-        {
-            "id": i,
-            "nums": list(s.task.nums),
-            "target": s.task.target,
-            "pattern": s.pattern,
-            "solution": s.solution,
-        }
-        for i, s in enumerate(tasks)
-    ]
-    pd.DataFrame(rows).to_parquet(root / "train.parquet")
-    build_tiny_model.cli(
-        [
-            "--tiny",
-            json.dumps(SMALL),
-            "--train",
-            str(root / "train.parquet"),
-            "--seed",
-            "7",
-            "--out-dir",
-            str(root / "model"),
-        ],
-        prog="test",
-    )
-    return root / "model"
-
-
-@pytest.mark.slow
-def test_small_build_writes_a_loadable_model_that_generates(small_build):
-    for name in (
-        "config.json",
-        "model.safetensors",
-        "generation_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "warm_start.json",
-    ):
-        assert (small_build / name).is_file(), name
-    tok = AutoTokenizer.from_pretrained(small_build)
-    model = AutoModelForCausalLM.from_pretrained(small_build)
-    assert model.config.architectures == ["Qwen2ForCausalLM"]
-    assert model.config.hidden_size == 32 and model.config.num_hidden_layers == 1
-    enc = tok(prompts.render(tok, [12, 7, 3], 27), return_tensors="pt", add_special_tokens=False)
-    out = model.generate(**enc, max_new_tokens=12, do_sample=False)
-    new = out[0, enc["input_ids"].shape[1] :]
-    assert len(new) > 0 and len(tok.decode(new)) > 0
-
-
-@pytest.mark.slow
-def test_small_build_report(small_build):
-    report = json.loads((small_build / "warm_start.json").read_text())
-    assert report["steps"] == 20 and len(report["losses"]) == 20
-    assert report["losses"][-1] < report["losses"][0]  # it learned something in 20 steps
-    assert report["final_loss"] == pytest.approx(sum(report["losses"][-5:]) / 5, abs=1e-3)
-    assert report["eval"]["tasks"] == 6 and len(report["eval"]["examples"]) == 6
-    assert 0.0 <= report["eval"]["format_rate"] <= 1.0
-    assert report["traces"]["count"] == 120
-    assert report["wall_seconds"]["total"] > 0
-    assert report["cpu_kind"] == tiny_artifact.cpu_kind()  # what byte identity is keyed on
-    assert report["vocab_size"] == len(AutoTokenizer.from_pretrained(small_build))

@@ -16,12 +16,10 @@ from aha.config import (
     ConfigError,
     check,
     generation_batch_size,
-    replicate_view,
-    run_seeds,
-    run_view,
     schema_error,
-    steps,
+    validate_section,
 )
+from aha.run import Run, run_seeds, steps
 from aha.sections import SECTIONS, DatasetConfig, section
 from tests.conftest import ROOT, snakemake
 
@@ -87,7 +85,6 @@ def test_eval_size_may_be_the_whole_test_split_as_the_data_stage_sizes_it() -> N
             "runs.r.grpo.num_generations: 4 does not divide the generation batch (6",
         ),
         ("runs.r.grpo.max_steps", None, "runs.r.grpo.max_steps: required"),
-        ("runs.r.lora", {"r": 8}, "runs.r.lora: LoRA/quantization settings need mode qlora"),
         ("dataset.eval_size", 500, "dataset.eval_size: 500 exceeds the test split"),
         ("runs.r.seeds", [42, -1], "runs.r.seeds: distinct integers in 0..4294967295"),
         ("runs.r.seeds", [2**32], "runs.r.seeds: distinct integers in 0..4294967295"),
@@ -134,18 +131,23 @@ def test_valid_configs_pass() -> None:
     check(base())
 
 
-def test_run_view_applies_overrides_without_touching_the_config() -> None:
+def test_a_run_applies_overrides_without_touching_the_config() -> None:
     cfg = base()
     cfg["model"] = {"source": "hub", "name_or_path": "A"}
     cfg["runs"]["r"]["model"] = {"name_or_path": "B"}
     cfg["runs"]["r"]["checkpoints"] = [1, 3]
     before = copy.deepcopy(cfg)
-    view = run_view(cfg, "r")
-    assert view["model"] == {"source": "hub", "name_or_path": "B"}
-    assert steps(cfg, "r") == [0, 1, 3]
+    run = Run.build(cfg, "r")  # the schema's defaults filled in, on a copy
+    assert run.model == {
+        "source": "hub",
+        "name_or_path": "B",
+        "dtype": "bfloat16",
+        "attn_implementation": None,
+    }
+    assert run.checkpoints == (1, 3) and steps(cfg, "r") == [0, 1, 3]
     assert cfg == before
     with pytest.raises(ConfigError, match=r"runs\.nope: no such run"):
-        run_view(cfg, "nope")
+        Run.build(cfg, "nope")
 
 
 def test_seeds_default_to_the_seed_training_used_before_and_replace_grpo_seed() -> None:
@@ -158,36 +160,48 @@ def test_seeds_default_to_the_seed_training_used_before_and_replace_grpo_seed() 
     assert run_seeds(cfg, "r") == [7]
     cfg["runs"]["r"]["grpo"]["seed"] = 3
     assert run_seeds(cfg, "r") == [3]
-    assert replicate_view(cfg, "r", 3)["grpo"]["seed"] == 3
+    assert Run.build(cfg, "r", 3).grpo["seed"] == 3
     cfg["runs"]["r"]["seeds"] = [44, 43]
     check(cfg)
     assert run_seeds(cfg, "r") == [44, 43]
-    view = replicate_view(cfg, "r", 43)
-    assert view["grpo"]["seed"] == 43 and "seeds" not in view
+    run = Run.build(cfg, "r", 43)
+    assert run.seed == run.grpo["seed"] == 43 and "seeds" not in run.grpo
     assert cfg["runs"]["r"]["grpo"]["seed"] == 3  # the config itself untouched
-    assert run_view(cfg, "r")["grpo"]["seed"] == 3
+    assert Run.build(cfg, "r").seed == 44  # the first replicate
+    with pytest.raises(ConfigError, match=r"^runs\.r: seed 3 is not one of its seeds \[44, 43\]"):
+        Run.build(cfg, "r", 3)
 
 
-def test_replicates_overlay_dry_run_trains_each_seed_and_samples_step_0_once(
-    tmp_path: Path,
-) -> None:
-    """config/tiny-replicates.yaml over tiny.yaml: 3 trainings, one step-0 sample; its eval is
-    the whole test split (ceil(2905 x 0.1) = 291 tasks) at k 6."""
-    files = [ROOT / "config" / "tiny.yaml", ROOT / "config" / "tiny-replicates.yaml"]
-    merged = yaml.safe_load(files[0].read_text())
-    overlay = yaml.safe_load(files[1].read_text())
-    merged["dataset"]["eval_size"] = overlay["dataset"]["eval_size"]
-    validate(merged, str(SCHEMA))
-    check(merged)  # 291 is the whole split: one more is refused
-    merged["dataset"]["eval_size"] += 1
-    with pytest.raises(ConfigError, match="exceeds the test split"):
-        check(merged)
-    proc = snakemake(tmp_path, "-n", configfile=files)
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", proc.stdout, re.MULTILINE))
-    assert counts["train"] == "3" and counts["sample_base"] == "1" and counts["sample"] == "12"
-    for seed in (42, 43, 44):
-        assert f"results/runs/tiny-cpu/seed-{seed}/checkpoints" in proc.stdout
-    assert "results/runs/tiny-cpu/base/samples/step-0.jsonl" in proc.stdout
+def test_defaults_come_from_the_schema_alone_and_only_to_the_modes_that_take_them() -> None:
+    """LoRA and NF4 defaults sit in the schema's `if`/`then` on the mode; both validators that
+    fill defaults (Snakemake's `validate`, aha.config.validate_section) fill them there; the
+    top-level seed and TRL's batch defaults come from it too, not from code."""
+    cfg = base()
+    cfg["runs"]["q"] = {"mode": "qlora", "grpo": {"max_steps": 4}, "lora": {"r": 8}}
+    by_snakemake = copy.deepcopy(cfg)
+    validate(by_snakemake, str(SCHEMA))
+    ours = validate_section((), cfg)
+    assert ours == by_snakemake
+    qlora, cpu = ours["runs"]["q"], ours["runs"]["r"]
+    assert qlora["lora"] == {
+        "r": 8,  # the run's own
+        "lora_alpha": 32,
+        "lora_dropout": 0.05,
+        "target_modules": "all-linear",
+        "task_type": "CAUSAL_LM",
+    }
+    assert qlora["quantization"] == {
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_compute_dtype": "bfloat16",
+    }
+    assert "lora" not in cpu and "quantization" not in cpu
+    assert ours["seed"] == 42 and run_seeds(ours, "q") == [42]
+    assert {k: qlora["grpo"][k] for k in ("num_generations", "per_device_train_batch_size")} == {
+        "num_generations": 8,
+        "per_device_train_batch_size": 8,
+    }
+    assert qlora["grpo"]["gradient_accumulation_steps"] == 1
 
 
 def test_generation_batch_size() -> None:
@@ -223,24 +237,6 @@ def test_snakemake_refuses_bad_config_at_dag_build(
     proc = snakemake(tmp_path, "-n", configfile=write(tmp_path, cfg), check=False)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
-
-
-@pytest.mark.parametrize("configfile", ["config/tiny.yaml", "config/config.yaml"])
-def test_dry_run_both_configs(tmp_path: Path, configfile: str) -> None:
-    proc = snakemake(tmp_path, "-n", configfile=ROOT / configfile)
-    assert "prepare_data" in proc.stdout
-
-
-def test_configfile_runs_do_not_leak_between_configs(tmp_path: Path) -> None:
-    """The tiny default must not add its run to a DAG built from another config file."""
-    proc = snakemake(tmp_path, "-n", "--printshellcmds", configfile=ROOT / "config" / "config.yaml")
-    assert "tiny-cpu" not in proc.stdout
-
-
-def test_lint_is_clean(tmp_path: Path) -> None:
-    proc = snakemake(tmp_path, "--lint", configfile=None, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Lints for" not in proc.stdout + proc.stderr
 
 
 def test_a_cpu_rehearsal_refuses_a_head_size_vllm_cannot_run_unless_sampling_uses_hf() -> None:

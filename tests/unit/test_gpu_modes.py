@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,39 +17,47 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from aha.config import batch_notes, completions_per_step, default_devices, run_view
 from aha.launch import gpu
 from aha.launch.commands import LaunchError, train_command
 from aha.launch.vllm_sampler import Completion, lora_rank, to_completions
 from aha.launch.vllm_server import split_gpus
+from aha.run import Run, batch_notes, build_all
 from tests.processes import alive, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = "/env/bin/python"
-ARGS = ["--run-spec", "{}", "--seed", "42"]
+ARGS = ["--run", "{}", "--data-dir", "d"]
 ZERO3 = "/repo/workflow/accelerate/zero3.yaml"  # the rule passes the path of its workflow
 
 
-def spec(mode: str, **grpo) -> dict:
-    return {"name": "r", "mode": mode, "model": {"name_or_path": "Org/Model"}, "grpo": grpo}
+def spec(mode: str, gpus: int | None = None, vllm_server: dict | None = None, **grpo) -> Run:
+    """Run `r` of mode `mode` on cuda, on `gpus` (default: the mode's), with these grpo keys."""
+    run = {"mode": mode, "grpo": {"max_steps": 2, **grpo}}
+    if vllm_server:
+        run["vllm_server"] = vllm_server
+    config = {"model": {"name_or_path": "Org/Model"}, "checkpoints": [2], "runs": {"r": run}}
+    return Run.build(config, "r", gpus=gpus)
 
 
 # --- train_command ------------------------------------------------------------------------
 
 
 def test_cpu_and_qlora_run_one_plain_process():
-    assert train_command(spec("cpu"), 0, PY, ARGS) == [PY, "-m", "aha", "train", *ARGS]
-    assert train_command(spec("qlora"), 1, PY, ARGS) == [PY, "-m", "aha", "train", *ARGS]
+    assert train_command(spec("cpu"), PY, ARGS) == [PY, "-m", "aha", "train", *ARGS]
+    assert train_command(spec("qlora"), PY, ARGS) == [PY, "-m", "aha", "train", *ARGS]
+    assert spec("qlora").launch_argv(ARGS, python=PY) == [PY, "-m", "aha", "train", *ARGS]
 
 
 def test_qlora_without_a_gpu_is_refused():
     with pytest.raises(LaunchError, match=r"runs\.r: mode qlora needs 1 GPU \(resources gpu=0\)"):
-        train_command(spec("qlora"), 0, PY, ARGS)
+        train_command(spec("qlora", gpus=0), PY, ARGS)
+    with pytest.raises(LaunchError, match=r"needs 1 GPU \(resources gpu=0\)"):
+        spec("qlora").launch_argv(ARGS, gpus=0)  # the job's GPUs replace the mode's
 
 
 def test_zero3_colocate_launches_accelerate_on_every_gpu():
     cmd = train_command(
-        spec("zero3", use_vllm=True, vllm_mode="colocate"), 4, PY, ARGS, accelerate_config=ZERO3
+        spec("zero3", use_vllm=True, vllm_mode="colocate"), PY, ARGS, accelerate_config=ZERO3
     )
     assert cmd == [
         # the default 300 s stop budget less torchrun's own exit: every rank saves on SIGTERM
@@ -64,10 +71,15 @@ def test_zero3_colocate_launches_accelerate_on_every_gpu():
 
 
 def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
-    run = spec("zero3", use_vllm=True, vllm_mode="server", vllm_server_port=8123)
-    run["vllm_server"] = {"gpu_memory_utilization": 0.5}
+    run = spec(
+        "zero3",
+        vllm_server={"gpu_memory_utilization": 0.5},
+        use_vllm=True,
+        vllm_mode="server",
+        vllm_server_port=8123,
+    )
     cmd = train_command(
-        run, 4, PY, ARGS, server_log="logs/train/r.vllm-server.log", accelerate_config=ZERO3
+        run, PY, ARGS, server_log="logs/train/r.vllm-server.log", accelerate_config=ZERO3
     )
     cut = cmd.index("--")
     assert cmd[:cut] == [
@@ -87,85 +99,65 @@ def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
 
 
 def test_zero3_server_serves_the_model_it_is_given_and_needs_two_gpus():
-    run = spec("zero3", use_vllm=True, vllm_mode="server")
-    cmd = train_command(run, 2, PY, [], model="results/models/tiny", accelerate_config=ZERO3)
+    run = spec("zero3", gpus=2, use_vllm=True, vllm_mode="server")
+    cmd = train_command(run, PY, [], model="results/models/tiny", accelerate_config=ZERO3)
     assert cmd[cmd.index("--model") + 1] == "results/models/tiny"
     # no pinned port: the wrapper chooses free ones when the job starts
     assert "--port" not in cmd and "--group-port" not in cmd
-    pinned = spec("zero3", use_vllm=True, vllm_mode="server", vllm_group_port=52000)
-    cmd = train_command(pinned, 2, PY, [], accelerate_config=ZERO3)
+    pinned = spec("zero3", gpus=2, use_vllm=True, vllm_mode="server", vllm_group_port=52000)
+    cmd = train_command(pinned, PY, [], accelerate_config=ZERO3)
     assert cmd[cmd.index("--group-port") + 1] == "52000" and "--port" not in cmd
     assert "--server-args" not in cmd
     with pytest.raises(LaunchError, match="at least 2 GPUs"):
-        train_command(run, 1, PY, [])
+        train_command(run.on(1), PY, [])
     with pytest.raises(LaunchError, match="at least 1 GPU"):
-        train_command(spec("zero3"), 0, PY, [])
+        train_command(spec("zero3", gpus=0), PY, [])
     with pytest.raises(LaunchError, match="needs an accelerate config file"):
-        train_command(spec("zero3"), 1, PY, [])  # no default path relative to the cwd
+        train_command(spec("zero3", gpus=1), PY, [])  # no default path relative to the cwd
 
 
 def test_zero3_without_vllm_use_is_plain_accelerate_even_if_mode_says_server():
     # vllm_mode only matters with use_vllm: no server is started for HF generation.
-    cmd = train_command(spec("zero3", vllm_mode="server"), 2, PY, [], accelerate_config=ZERO3)
+    run = spec("zero3", gpus=2, vllm_mode="server")
+    assert not run.uses_vllm_server
+    cmd = train_command(run, PY, [], accelerate_config=ZERO3)
     assert cmd[2:5] == [PY, "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "2"
 
 
 def test_default_devices_per_mode():
-    assert [default_devices(spec(m)) for m in ("cpu", "qlora", "zero3")] == [0, 1, 4]
+    assert [spec(m).devices for m in ("cpu", "qlora", "zero3")] == [0, 1, 4]
 
 
 def test_seed_config_zero3_run_reproduces_the_seed_batch_on_four_gpus():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    run = run_view(config, "qwen-zero3")
-    cmd = train_command(run, default_devices(run), "python", [], accelerate_config=ZERO3)
+    run = Run.build(config, "qwen-zero3")
+    cmd = run.launch_argv([], accelerate_config=ZERO3)
     processes = int(cmd[cmd.index("--num_processes") + 1])
     assert processes == 3 and cmd[cmd.index("--model") + 1] == "Qwen/Qwen2.5-3B-Instruct"
-    grpo = run["grpo"]
+    grpo = run.grpo
     completions = grpo["per_device_train_batch_size"] * processes
     completions *= grpo["gradient_accumulation_steps"]
     # the seed (TRL 0.14): 3 GPUs x 1 prompt x 8 accumulation = 24 prompts x 8 generations
     assert completions == 192 == 24 * grpo["num_generations"]
     assert (grpo["learning_rate"], grpo["beta"], grpo["temperature"]) == (5e-7, 0.001, 0.9)
     assert grpo["max_completion_length"] == 1024 and grpo["max_steps"] == 450
-    assert run["checkpoints"] == [50, 100, 200, 450]
-    assert run_view(config, "qwen-qlora")["quantization"]["load_in_4bit"] is True
+    assert run.checkpoints == (50, 100, 200, 450)
+    assert Run.build(config, "qwen-qlora").quantization["load_in_4bit"] is True
     # the seed (TRL 0.14) had no importance-sampling correction; TRL 1.16 turns it on by default
     assert grpo["vllm_importance_sampling_correction"] is False
-    assert completions_per_step(run, default_devices(run)) == 192
+    assert run.completions_per_step == 192
 
 
 def test_switching_the_seed_run_to_colocate_says_its_batch_grows():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    assert batch_notes(config) == []  # server mode: the seed's batch, nothing to say
+    assert batch_notes(build_all(config).values()) == []  # server mode: the seed's batch
     config["runs"]["qwen-zero3"]["grpo"]["vllm_mode"] = "colocate"
-    (note,) = batch_notes(config)
+    del config["runs"]["qwen-zero3"]["vllm_server"]  # options of a server it no longer starts
+    config["runs"]["qwen-zero3"]["seeds"] = [1, 2]  # one note per run, not per replicate
+    (note,) = batch_notes(build_all(config).values())
     assert note.startswith("runs.qwen-zero3: vllm_mode colocate trains on all 4 devices: 256")
     assert "server mode on the same devices gives 192" in note
-
-
-def test_gpu_runs_declare_their_gpus_and_a_rehearsal_none(tmp_path):
-    """`sample` and `train` ask the scheduler for GPUs on cuda (vLLM takes most of one)."""
-
-    def resources(*configs):
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d"]
-        cmd += [str(tmp_path), "-n", "--configfile", *map(str, configs)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        found = {}
-        for block in out.split("\n\n"):
-            rule = re.search(r"rule (\w+):", block)
-            gpu = re.search(r"resources: .*gpu=(\d+)", block)
-            run = re.search(r"run=([\w-]+)", block)
-            if rule and gpu and run:
-                found[(rule.group(1), run.group(1))] = int(gpu.group(1))
-        return found
-
-    seed = resources(ROOT / "config" / "config.yaml")
-    assert seed[("sample", "qwen-zero3")] == 1 and seed[("sample", "qwen-qlora")] == 1
-    assert seed[("train", "qwen-zero3")] == 4 and seed[("train", "qwen-qlora")] == 1
-    rehearsal = resources(ROOT / "config" / "config.yaml", ROOT / "config" / "rehearsal.yaml")
-    assert set(rehearsal.values()) == {0}
-    assert ("train", "qwen-zero3-colocate") in rehearsal
 
 
 # --- GPU split (the vllm serve command: tests/unit/test_vllm_serve.py) ------------------------
@@ -404,11 +396,11 @@ HINT = gpu.INSTALL_HINT
 def test_missing_gpu_package_names_the_install(monkeypatch):
     monkeypatch.setattr(gpu, "has_package", lambda name: name != "bitsandbytes")
     with pytest.raises(gpu.GpuEnvError) as err:
-        gpu.check_mode("qlora", {})
+        gpu.check_run(spec("qlora"))
     assert str(err.value) == f"mode qlora needs bitsandbytes: {HINT}"
     monkeypatch.setattr(gpu, "has_package", lambda name: name != "vllm")
     with pytest.raises(gpu.GpuEnvError, match=r"^mode zero3 with grpo\.use_vllm needs vllm: pip"):
-        gpu.check_mode("zero3", {"use_vllm": True})
+        gpu.check_run(spec("zero3", use_vllm=True))
 
 
 def test_has_package_treats_a_blocked_module_as_missing(monkeypatch):
@@ -424,11 +416,11 @@ def test_gpu_mode_without_cuda_names_the_cpu_config(monkeypatch):
     monkeypatch.setattr(gpu, "has_package", lambda name: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(gpu.GpuEnvError) as err:
-        gpu.check_mode("qlora", {})
+        gpu.check_run(spec("qlora"))
     assert str(err.value) == "mode qlora needs a CUDA GPU; on CPU use config/tiny.yaml (mode cpu)"
-    gpu.check_mode("cpu", {})  # nothing to check on CPU
+    gpu.check_run(spec("cpu"))  # nothing to check on CPU
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    gpu.check_mode("zero3", {"use_vllm": True})
+    gpu.check_run(spec("zero3", use_vllm=True))
 
 
 def test_resolve_model_accepts_a_model_dir_and_refuses_others(tmp_path, monkeypatch):
@@ -483,10 +475,14 @@ def test_resolve_model_hub_ids_offline_and_online(monkeypatch):
 def test_check_gpu_cli_exits_with_one_line(monkeypatch, capsys):
     monkeypatch.setattr(gpu, "has_package", lambda name: name != "deepspeed")
     with pytest.raises(SystemExit) as exc:
-        gpu.cli(["--run-spec", json.dumps(spec("zero3"))], "python -m aha check-gpu")
+        gpu.cli(["--run", spec("zero3").to_json()], "python -m aha check-gpu")
     assert str(exc.value.code) == f"python -m aha check-gpu: mode zero3 needs deepspeed: {HINT}"
-    gpu.cli(["--run-spec", json.dumps(spec("cpu"))], "check-gpu")
+    gpu.cli(["--run", spec("cpu").to_json()], "check-gpu")
     assert capsys.readouterr().out.strip() == "check-gpu: ok (mode cpu)"
+    with pytest.raises(SystemExit) as exc:  # not a Run: argparse's one-line usage error
+        gpu.cli(["--run", json.dumps({"mode": "cpu"})], "check-gpu")
+    assert exc.value.code == 2
+    assert "argument --run: run: missing" in capsys.readouterr().err
 
 
 def test_gpu_modules_import_no_heavy_package():

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from aha.report import figures
 from aha.report import style as plot_style
 from aha.report.inputs import read_train_log
 from aha.stages import plots
-from tests.unit.test_report import PARTIAL, PATTERNS, SWEEP, train_log_args, write_results
+from tests.unit.test_report import PATTERNS, SWEEP, train_log_args, write_results
 
 # The file of each figure, as report.smk names them.
 FILES = {
@@ -75,8 +76,15 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_figures_match_the_rule_outputs() -> None:
-    """Every figure the stage draws has an output option, and the names in here are those."""
-    assert set(plots.FIGURES) == set(FILES)
+    """One table (aha.report.figures) names every figure: its output option, its file (the
+    names in here, the ones the report has always had), and how the stage draws it; the long
+    tables the figures read are the ones the stage takes."""
+    assert {figure.name: figure.file for figure in figures.FIGURES} == FILES
+    assert set(plots.DRAW) == set(FILES)
+    assert [figures.TABLE_OPTIONS[name] for name in figures.tables_read()] == [
+        "--by-pattern",
+        *TABLES,
+    ]
 
 
 def test_every_figure_written_and_compares_runs(sweep: Path) -> None:
@@ -126,25 +134,6 @@ def test_train_panels_one_per_reward_function(tmp_path: Path) -> None:
     assert "kl" in panels
 
 
-def test_partial_figures_say_what_is_missing(tmp_path: Path) -> None:
-    runs = write_results(tmp_path, PARTIAL)
-    (tmp_path / "summary_by_pattern.tsv").unlink()
-    run_plots(tmp_path, runs, tmp_path / "plots", {"seed_reference": True})
-    missing = "Missing (not run yet, or failed): tiny-a step 2, 4; tiny-b step 0, 2, 4"
-    for name in ("success.svg", "format_length.svg", "behaviours.svg"):
-        assert missing in svg_text(tmp_path / "plots" / name), name
-    success = svg_text(tmp_path / "plots" / "success.svg")
-    assert "tiny-a step 0 (base model)" in success
-    assert plots.SEED_LABEL not in success  # tiny runs only: the seed's numbers are not drawn
-    training = svg_text(tmp_path / "plots" / "training.svg")
-    assert training.count("no training log yet") == len(
-        plots.train_panels(read_train_log(None, "x"))
-    )
-    assert "No training log yet (not run, or empty): tiny-a, tiny-b" in training
-    patterns = svg_text(tmp_path / "plots" / "success_by_pattern.svg")
-    assert "no success-by-pattern table" in patterns
-
-
 def test_no_summary_at_all(tmp_path: Path) -> None:
     run_plots(tmp_path, {"tiny-a": {"steps": [0, 2], "model": {"source": "tiny"}}}, tmp_path)
     assert "no scored checkpoint yet" in svg_text(tmp_path / "success.svg")
@@ -160,19 +149,6 @@ def test_train_log_of_an_unknown_run_refused(
         plots.cli([*argv, *outputs], prog="plots")
     assert "--train-log b: not a run of --runs (have: a)" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing drawn
-
-
-def test_seed_reference_follows_config_and_model(tmp_path: Path) -> None:
-    one = {"qwen-a": SWEEP["qwen-a"]}
-    runs = write_results(tmp_path, one)
-    run_plots(tmp_path, runs, tmp_path / "on", {"seed_reference": True})
-    run_plots(tmp_path, runs, tmp_path / "off", {"seed_reference": False})
-    assert plots.SEED_LABEL in svg_text(tmp_path / "on" / "success.svg")
-    assert plots.SEED_LABEL not in svg_text(tmp_path / "off" / "success.svg")
-    # a single run without KL (beta 0): the panel says why it is empty
-    runs_nokl = write_results(tmp_path / "nokl", {"tiny-b": SWEEP["tiny-b"]})
-    run_plots(tmp_path / "nokl", runs_nokl, tmp_path / "nokl" / "plots")
-    assert "KL not logged" in svg_text(tmp_path / "nokl" / "plots" / "training.svg")
 
 
 def test_share_axis_fits_small_rates_and_keeps_seed_stars_in_view() -> None:
@@ -201,36 +177,6 @@ REPLICATES = {
 }  # the sweep with three seeds per run (seed i scores i more successes)
 
 
-def test_success_figure_with_three_seeds(tmp_path: Path) -> None:
-    """Three seeds: a thin line per seed from the shared step 0, the mean over seeds in its t
-    band, the baseline; the legend counts the seeds. One seed says "1 seed"."""
-    runs = write_results(tmp_path, REPLICATES)
-    seeds = {run: spec["seeds"] for run, spec in REPLICATES.items()}
-    run_plots(tmp_path, runs, tmp_path / "plots", seeds=seeds)
-    text = svg_text(tmp_path / "plots" / "success.svg")
-    assert "qwen-a (3 seeds)" in text and "tiny-b (3 seeds)" in text
-    assert "qwen-a step 0 (base model)" in text
-    assert "training.svg" in {p.name for p in (tmp_path / "plots").iterdir()}
-    import matplotlib
-    import pandas as pd
-
-    matplotlib.use("Agg")
-    summary = pd.read_csv(tmp_path / "summary.tsv", sep="\t", na_values=["NA"])
-    fig, ax = matplotlib.pyplot.subplots()
-    assert plots.success_panel(
-        ax, summary, ["qwen-a", "tiny-b"], plot_style.palette(["qwen-a", "tiny-b"]), [0, 2, 4]
-    )
-    # per run: 3 thin seed lines from step 0 + 1 mean line; a dotted baseline each
-    lines = [ln for ln in ax.get_lines() if ln.get_linestyle() != ":"]
-    assert len(lines) == 2 * (3 + 1)
-    seed_line = lines[0]
-    assert list(seed_line.get_xdata()) == [0, 2, 4]  # starts at the shared baseline
-    assert list(seed_line.get_ydata()) == [2 / 24, 6 / 24, 12 / 24]
-    mean_line = lines[3]
-    assert list(mean_line.get_ydata()) == pytest.approx([2 / 24, 7 / 24, 13 / 24])
-    matplotlib.pyplot.close(fig)
-
-
 def test_success_figure_with_one_seed_names_it(sweep: Path) -> None:
     assert "qwen-a (1 seed)" in svg_text(sweep / "success.svg")
 
@@ -249,10 +195,10 @@ def test_breakdown_figures_draw_the_scored_numbers(tmp_path: Path) -> None:
     import pandas as pd
 
     from aha.report import breakdowns as plots_breakdowns
-    from aha.report.inputs import parse_runs
+    from aha.report.inputs import runs_from
 
     spec = {"qwen-a": {**SWEEP["qwen-a"], "seeds": [42, 43]}}
-    runs = parse_runs(json.dumps(write_results(tmp_path, spec)))
+    runs = runs_from(write_results(tmp_path, spec))
     read = lambda name: pd.read_csv(tmp_path / name, sep="\t", na_values=["NA"])  # noqa: E731
     fig = plots_breakdowns.plot_pass_at_k(read("pass_at_k.tsv"), runs)
     (line0, line2, line4) = _axes_lines(fig)["qwen-a"]
@@ -281,6 +227,7 @@ def test_length_panel_splits_correct_from_incorrect() -> None:
 
     matplotlib.use("Agg")
     from aha.report.breakdowns import length_panel
+    from aha.report.style import RunStyle
 
     summary = pd.DataFrame(
         {
@@ -292,7 +239,7 @@ def test_length_panel_splits_correct_from_incorrect() -> None:
         }
     )
     _fig, ax = matplotlib.pyplot.subplots()
-    assert length_panel(ax, summary, ["r"], {"r": "C0"}, [0, 5])
+    assert length_panel(ax, summary, RunStyle(["r"], {"r": "C0"}, [0, 5]))
     (correct, incorrect) = [(list(ln.get_xdata()), list(ln.get_ydata())) for ln in ax.get_lines()]
     assert correct == ([0, 5], [30.0, 60.0])  # the mean over seeds
     assert incorrect == ([0, 5], [100.0, 120.0])  # a seed without failures adds none

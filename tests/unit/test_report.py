@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from aha import formats
 from aha.report import inputs as report_inputs
 from aha.stages import aggregate, score
 
@@ -126,7 +129,7 @@ def write_results(results: Path, spec: dict[str, dict[str, Any]]) -> dict[str, A
     summary, by_pattern = aggregate.aggregate(records)
     summary.to_csv(results / "summary.tsv", sep="\t", index=False, na_rep="NA")
     by_pattern.to_csv(results / "summary_by_pattern.tsv", sep="\t", index=False, na_rep="NA")
-    across = aggregate.across_seeds(summary)
+    across = formats.across_seeds(summary)
     across.to_csv(results / "summary_across_seeds.tsv", sep="\t", index=False, na_rep="NA")
     for name, table in aggregate.details(records).items():
         table.to_csv(results / DETAIL_FILES[name], sep="\t", index=False, na_rep="NA")
@@ -155,6 +158,11 @@ PARTIAL = {
     # nothing at all yet
     "tiny-b": {"model": TINY, "steps": [0, 2, 4], "successes": {}, "log": None},
 }
+
+
+def runs_of(text: str) -> dict[str, report_inputs.RunInfo]:
+    """The runs of a --runs text, as the stages read it."""
+    return report_inputs.runs_from(json.loads(text))
 
 
 def train_log_args(results: Path, runs: dict, seeds: dict | None = None) -> list[str]:
@@ -213,32 +221,146 @@ def test_read_samples_skips_and_counts_what_cannot_be_shown(tmp_path: Path) -> N
 
 def test_bad_runs_argument_refused() -> None:
     with pytest.raises(ValueError, match="--runs"):
-        report_inputs.parse_runs("[1, 2]")
+        runs_of("[1, 2]")
 
 
-def test_runs_argument_round_trips_through_parse_runs() -> None:
-    config = {
-        "model": {"source": "hub", "name_or_path": "Qwen/Qwen2.5-3B-Instruct", "dtype": "auto"},
-        "checkpoints": [50, 100],
-        "runs": {
-            "a": {"mode": "zero3", "grpo": {}},
-            "b": {"mode": "cpu", "grpo": {}, "checkpoints": [2], "model": {"source": "tiny"}},
+SWEEP_CONFIG = {
+    "model": {"source": "hub", "name_or_path": "Qwen/Qwen2.5-3B-Instruct", "dtype": "auto"},
+    "checkpoints": [50, 100],
+    "runs": {
+        "a": {"mode": "zero3", "grpo": {"max_steps": 100, "learning_rate": 1e-6}},
+        "b": {
+            "mode": "cpu",
+            "grpo": {"max_steps": 2},
+            "checkpoints": [2],
+            "model": {"source": "tiny"},
+            "seeds": [7, 8],
         },
-    }
-    runs = report_inputs.parse_runs(json.dumps(report_inputs.runs_argument(config)))
+    },
+}
+
+
+def validated(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` as the rules see it: checked against the schema, its defaults filled."""
+    from aha.config import validate_section
+
+    return validate_section((), config)
+
+
+def test_runs_argument_round_trips_through_runs_from() -> None:
+    config = validated(SWEEP_CONFIG)
+    runs = runs_of(json.dumps(report_inputs.runs_argument(config)))
     # no `seeds` and no seed anywhere: the one replicate has the schema's top-level seed, 42
     assert runs == {
         "a": report_inputs.RunInfo("a", (0, 50, 100), "hub", QWEN["name_or_path"], (42,)),
-        "b": report_inputs.RunInfo("b", (0, 2), "tiny", QWEN["name_or_path"], (42,)),
+        "b": report_inputs.RunInfo("b", (0, 2), "tiny", QWEN["name_or_path"], (7, 8)),
     }
     assert runs["a"].seed_comparable and not runs["b"].seed_comparable
+    assert report_inputs.steps_and_seeds(config) == {
+        "a": ([0, 50, 100], [42]),
+        "b": ([0, 2], [7, 8]),
+    }
+
+
+def test_front_page_overview_and_seed_reference_follow_the_config() -> None:
+    """What workflow.rst lists per run (the effective model and checkpoints) and whether the
+    success caption speaks of the seed's points: the same answers the stages give."""
+    config = validated(SWEEP_CONFIG)
+    overview = report_inputs.runs_overview(config)
+    assert [(r["name"], r["mode"], r["model"]["source"], r["checkpoints"]) for r in overview] == [
+        ("a", "zero3", "hub", [50, 100]),
+        ("b", "cpu", "tiny", [2]),
+    ]
+    assert overview[0]["grpo"]["learning_rate"] == 1e-6
+    assert report_inputs.seed_reference_drawn(config)  # a Qwen Hub run, option on by default
+    off = validated({**SWEEP_CONFIG, "report": {"seed_reference": False}})
+    assert not report_inputs.seed_reference_drawn(off)
+    tiny_only = validated({**SWEEP_CONFIG, "runs": {"b": SWEEP_CONFIG["runs"]["b"]}})
+    assert not report_inputs.seed_reference_drawn(tiny_only)
+
+
+def test_report_options_take_the_schema_defaults() -> None:
+    """The `report` section as a stage reads it: given keys kept, the others the schema's."""
+    from aha.config import load_schema
+
+    defaults = {
+        key: spec["default"]
+        for key, spec in load_schema()["properties"]["report"]["properties"].items()
+    }
+    assert report_inputs.report_options({}) == report_inputs.ReportOptions(**defaults)
+    options = report_inputs.report_options({"seed_reference": False})
+    assert not options.seed_reference
+    assert options.examples_per_checkpoint == defaults["examples_per_checkpoint"]
+    with pytest.raises(ValueError, match=r"report\.colour: unknown key"):
+        report_inputs.report_options({"colour": "red"})
+    with pytest.raises(ValueError, match=r"report\.explorer_per_checkpoint"):
+        report_inputs.report_options({"explorer_per_checkpoint": -1})
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "option"),
+    [
+        ("plots", ["--summary", "s", "--runs", "{}", "--report", '{"colour": 1}'], "--report"),
+        ("tables", ["--summary", "s", "--runs", "[1]", "--summary-page", "p"], "--runs"),
+        ("compute", ["--runs", "not json", "--table", "t", "--figure", "f"], "--runs"),
+    ],
+)
+def test_bad_report_or_runs_argument_is_a_usage_error(
+    module: str, argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --report the schema refuses, or a --runs that is no JSON object: argparse's usage
+    error naming the option, before anything is read or written."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"aha.stages.{module}").cli(argv, prog=module)
+    assert exit_.value.code == 2
+    assert f"argument {option}" in capsys.readouterr().err
+
+
+def test_aggregate_fails_in_one_line(tmp_path: Path) -> None:
+    """A scores file that cannot be read, or a (run, seed, step) scored twice: one line."""
+    with pytest.raises(SystemExit, match=r"^aggregate: .*missing\.json"):
+        aggregate.cli(["--scores", str(tmp_path / "missing.json"), "--out", "o.tsv"], "aggregate")
+    record = json.dumps(score.score(synthetic_samples("r", 0, 1), "r", 0))
+    (tmp_path / "a.json").write_text(record)
+    (tmp_path / "b.json").write_text(record)
+    scores = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    with pytest.raises(SystemExit, match=r"^aggregate: several score files"):
+        aggregate.cli(["--scores", *scores, "--out", str(tmp_path / "o.tsv")], "aggregate")
+    assert not (tmp_path / "o.tsv").exists()
+
+
+def test_report_code_imports_no_stage_and_stages_import_no_stage() -> None:
+    """The report wing builds on formats and task only; each report stage imports no other
+    stage (fresh interpreters: what a module pulls in on its own)."""
+    probes = {
+        "aha.report.figures": (),
+        "aha.report.pages": (),
+        "aha.report.inputs": (),
+        "aha.report.explorer": (),
+        "aha.report.breakdowns": (),
+        "aha.stages.plots": ("aha.stages.plots",),
+        "aha.stages.tables": ("aha.stages.tables",),
+        "aha.stages.compute": ("aha.stages.compute",),
+        "aha.stages.aggregate": ("aha.stages.aggregate",),
+    }
+    for module, own in probes.items():
+        code = (
+            f"import sys, {module}; print(sorted(m for m in sys.modules "
+            f"if m.startswith('aha.stages.') and m not in {own!r}))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
+        assert out.strip() == "[]", f"{module} imports {out.strip()}"
 
 
 def test_repeated_paths_round_trip_and_refuse_strays() -> None:
     """What report.smk writes with `repeated`, the stages read back: odd names survive."""
     import argparse
 
-    runs = report_inputs.parse_runs('{"a b": {"steps": [0, 2]}, "c": {"steps": [0]}}')
+    runs = runs_of('{"a b": {"steps": [0, 2]}, "c": {"steps": [0]}}')
     logs = [("a b", 42, "results/runs/a b/seed-42/train_log.jsonl"), ("a b", 7, "l'7.jsonl")]
     files = [("a b", "base", 0, "s-0.jsonl"), ("a b", 7, 2, "s'2.jsonl"), ("c", "base", 0, "s")]
     parser = argparse.ArgumentParser()
@@ -288,7 +410,7 @@ def test_repeated_paths_round_trip_and_refuse_strays() -> None:
 )
 def test_bad_samples_entries_refused(rows: list[list[str]], message: str) -> None:
     """A samples file the page would silently drop, or show twice, stops the stage."""
-    runs = report_inputs.parse_runs('{"a b": {"steps": [0, 2]}, "c": {"steps": [0]}}')
+    runs = runs_of('{"a b": {"steps": [0, 2]}, "c": {"steps": [0]}}')
     with pytest.raises(ValueError, match=message):
         report_inputs.samples_by_run("--samples", rows, runs)
 
@@ -296,7 +418,7 @@ def test_bad_samples_entries_refused(rows: list[list[str]], message: str) -> Non
 def test_missing_steps_and_run_order() -> None:
     import pandas as pd
 
-    runs = report_inputs.parse_runs('{"b": {"steps": [0, 2, 4]}, "a": {"steps": [0]}}')
+    runs = runs_of('{"b": {"steps": [0, 2, 4]}, "a": {"steps": [0]}}')
     summary = pd.DataFrame({"run": ["b", "b", "z"], "step": [0, 4, 0]})
     missing = report_inputs.missing_steps(summary, runs)
     assert missing == {"b": [2], "a": [0]}
@@ -310,7 +432,7 @@ def test_missing_scores_name_the_seed() -> None:
     """Step 0 once per run; every later step once per seed: one seed lost at a step is said."""
     import pandas as pd
 
-    runs = report_inputs.parse_runs('{"r": {"steps": [0, 50, 100], "seeds": [42, 43]}}')
+    runs = runs_of('{"r": {"steps": [0, 50, 100], "seeds": [42, 43]}}')
     summary = pd.DataFrame({"run": ["r"] * 4, "seed": [None, 42, 43, 42], "step": [0, 50, 50, 100]})
     missing = report_inputs.missing_scores(summary, runs)
     assert missing == {"r": [(100, 43)]}

@@ -123,24 +123,31 @@ def test_hf_load_kwargs_per_device() -> None:
     assert sample.hf_load_kwargs(nf4, "cpu")["device_map"] == {"": "cpu"}
 
 
-def test_sampling_plan_is_one_per_mode_and_the_same_on_either_device() -> None:
-    from aha.config import sampling_plan
+def test_each_run_is_sampled_by_its_modes_sampler_the_same_on_either_device() -> None:
+    """The rule's --backend and --quantization are the Run's: transformers for cpu and qlora
+    (qlora on its NF4 base, every step), sampling.backend for zero3, on a GPU and rehearsed."""
+    from aha.run import Run
 
     quant = {"bnb_4bit_use_double_quant": True}
+    runs = {
+        "c": {"mode": "cpu", "grpo": {"max_steps": 2}},
+        "q": {"mode": "qlora", "grpo": {"max_steps": 2}, "quantization": quant},
+        "z": {"mode": "zero3", "grpo": {"max_steps": 2}},
+    }
     for device in ("cuda", "cpu"):
-        assert sampling_plan({"mode": "cpu", "device": "cpu"}, "vllm") == ("hf", None)
-        backend, kwargs = sampling_plan(
-            {"mode": "qlora", "device": device, "quantization": quant}, "vllm"
-        )
-        assert backend == "hf"
-        assert kwargs == {
-            "load_in_4bit": True,
-            "bnb_4bit_quant_type": "nf4",
-            "bnb_4bit_compute_dtype": "bfloat16",
-            "bnb_4bit_use_double_quant": True,
-        }
         for backend in ("auto", "vllm", "hf"):
-            assert sampling_plan({"mode": "zero3", "device": device}, backend) == (backend, None)
+            config = {"device": device, "checkpoints": [2], "runs": runs}
+            config["sampling"] = {"backend": backend}
+            cpu, qlora, zero3 = (Run.build(config, name) for name in runs)
+            assert (cpu.sample_backend, cpu.quantization) == ("hf", None)
+            assert qlora.sample_backend == "hf"
+            assert qlora.quantization == {
+                "load_in_4bit": True,
+                "bnb_4bit_quant_type": "nf4",
+                "bnb_4bit_compute_dtype": "bfloat16",
+                "bnb_4bit_use_double_quant": True,
+            }
+            assert (zero3.sample_backend, zero3.quantization) == (backend, None)
 
 
 # ----------------------------------------------------------------------------- real sampling
@@ -238,9 +245,17 @@ def test_adapter_checkpoint_loads_on_its_base(
     assert [r["text"] for r in with_adapter] != [r["text"] for r in plain]
 
 
-def test_cli_refuses_bad_sampling_json(tmp_path: Path, tiny_model: Path, eval_path: Path) -> None:
+def test_cli_refuses_bad_sampling_json(
+    tmp_path: Path, tiny_model: Path, eval_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["--model", str(tiny_model), "--eval", str(eval_path), "--sampling", '{"k": 0}']
     argv += ["--run", "r", "--step", "0", "--out", str(tmp_path / "x.jsonl")]
-    with pytest.raises(SystemExit, match=r"sampling\.k"):
+    with pytest.raises(SystemExit) as exc:  # argparse's one-line usage error, naming the key
         sample.cli(argv, prog="python -m aha sample")
+    assert exc.value.code == 2
+    assert re.search(r"argument --sampling: sampling\.k: 0 is less than", capsys.readouterr().err)
+    argv[argv.index("--sampling") + 1] = json.dumps(CFG)
+    with pytest.raises(SystemExit) as exc:
+        sample.cli([*argv, "--quantization", "{nf4"], prog="python -m aha sample")
+    assert exc.value.code == 2 and "argument --quantization: not JSON" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from aha.__main__ import main
-from aha.stages.aggregate import ACROSS_SEEDS_COLUMNS, BY_PATTERN_COLUMNS, DETAILS
+from aha.formats import ACROSS_SEEDS_COLUMNS
+from aha.stages.aggregate import BY_PATTERN_COLUMNS, DETAILS
 from aha.stages.score import DETAIL_FIELDS, SUMMARY_COLUMNS
 from aha.task.metrics import wilson_interval
 
@@ -196,7 +197,7 @@ def test_score_run_and_step_must_agree(tmp_path: Path) -> None:
     samples = _write_samples(tmp_path / "elsewhere.jsonl", run="a", step=100)
     got = _score(samples, tmp_path / "a.json", "a", 100)
     assert (got["run"], got["step"]) == ("a", 100)
-    with pytest.raises(ValueError, match=r"rows are \(a, 100\), expected \(a, 50\)"):
+    with pytest.raises(SystemExit, match=r"rows are \(a, 100\), expected \(a, 50\)"):
         _score(samples, tmp_path / "b.json", "a", 50)
     with pytest.raises(SystemExit):  # the rule always names them: no guessing from a path
         main(["score", "--samples", str(samples), "--out", str(tmp_path / "c.json")])
@@ -208,10 +209,10 @@ def test_score_run_and_step_must_agree(tmp_path: Path) -> None:
 def test_score_refuses_incomplete_lines(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"run": "a", "step": 0, "prompt_id": 0}) + "\n")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: missing keys sample_index"):
+    with pytest.raises(SystemExit, match=r"bad.jsonl:1: missing keys sample_index"):
         _score(path, tmp_path / "out.json", "a", 0)
     path.write_text("\n" + ROWS_JSON_CUT)
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
+    with pytest.raises(SystemExit, match=r"bad.jsonl:2: not JSON"):
         _score(path, tmp_path / "out.json", "a", 0)
 
 
@@ -267,7 +268,7 @@ def test_aggregate_refuses_duplicate_run_step(tmp_path: Path) -> None:
     _score(samples, tmp_path / "a.json")
     _score(samples, tmp_path / "b.json")
     args = ["aggregate", "--scores", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
-    with pytest.raises(ValueError, match="several score files"):
+    with pytest.raises(SystemExit, match="several score files"):
         main([*args, "--out", str(tmp_path / "s.tsv")])
 
 
@@ -348,7 +349,7 @@ def test_aggregate_refuses_duplicate_run_seed_step_but_not_other_seeds(tmp_path:
     _score(samples, tmp_path / "a.json")
     _score(samples, tmp_path / "b.json")
     args = ["aggregate", "--scores", str(tmp_path / "a.json"), str(tmp_path / "b.json")]
-    with pytest.raises(ValueError, match=r"several score files for \(run, seed, step\)"):
+    with pytest.raises(SystemExit, match=r"several score files for \(run, seed, step\)"):
         main([*args, "--out", str(tmp_path / "s.tsv")])
     record = json.loads((tmp_path / "b.json").read_text())
     (tmp_path / "b.json").write_text(json.dumps({**record, "seed": 2}))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from aha.report import explorer
+from aha.report import explorer, pages
 from aha.report.inputs import RunInfo
 from aha.stages import tables
 from aha.task import metrics, rewards
@@ -331,7 +331,7 @@ def test_csp_admits_exactly_the_inline_script(sweep: tuple[Path, dict]) -> None:
     assert "innerHTML" not in scripts[0] and "eval" not in scripts[0]
     for name in ("summary.html", "environment.html"):
         other = (out / name).read_text(encoding="utf-8")
-        assert f'content="{tables.CSP}"' in other and "script-src" not in other
+        assert f'content="{pages.CSP}"' in other and "script-src" not in other
         assert "<script" not in other
 
 
@@ -356,10 +356,10 @@ def test_summary_page_marks_the_missing_seed() -> None:
     """Three seeds configured, seed 43 unscored at step 4: its row is marked, with its seed."""
     import pandas as pd
 
-    from aha.report.inputs import parse_runs
+    from aha.formats import SUMMARY_COLUMNS
+    from aha.report.inputs import runs_from
 
-    runs = parse_runs('{"r": {"steps": [0, 4], "seeds": [42, 43, 44]}}')
-    from aha.stages.score import SUMMARY_COLUMNS
+    runs = runs_from({"r": {"steps": [0, 4], "seeds": [42, 43, 44]}})
 
     rows = [
         dict.fromkeys(SUMMARY_COLUMNS)

@@ -1,20 +1,16 @@
 """The committed tiny base model (models/tiny-base, `model.tiny.prebuilt`): installed only when
-built from the config's recipe, and a rebuild reproduces it."""
+built from the config's recipe. That a rebuild reproduces it is an integration test
+(tests/integration/test_tiny_model_build.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
 
-from aha.__main__ import main
 from aha.sections import TinySpec, section
 from aha.task.metrics import fisher_exact_p, proportions_agree
 from aha.tiny import artifact as tiny_artifact
@@ -22,7 +18,6 @@ from tests.conftest import ROOT
 
 ARTIFACT = ROOT / "models" / "tiny-base"
 TINY_YAML = ROOT / "config" / "tiny.yaml"
-REBUILD_YAML = ROOT / "config" / "tiny-rebuild.yaml"
 # Level of Fisher's two-sided exact test that a rebuild's sampled rates equal the committed ones
 # (per rate; two rates, so at most 2% of machines whose rates are only noise would fail).
 RATE_ALPHA = 0.01
@@ -138,21 +133,6 @@ def test_rate_comparison_allows_noise_and_names_a_real_change() -> None:
     ]
 
 
-@pytest.fixture(scope="module")
-def tiny_train_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """config/tiny.yaml's train split, made by the data stage as the DAG makes it."""
-    out = tmp_path_factory.mktemp("data")
-    cfg = tiny_config()
-    main(
-        [
-            "prepare-data",
-            "--dataset", json.dumps(cfg["dataset"]),
-            "--out-dir", str(out),
-        ]
-    )  # fmt: skip
-    return out / "train.parquet"
-
-
 def test_committed_model_records_the_tiny_config_recipe(tiny_train_split: Path) -> None:
     """models/tiny-base was built from config/tiny.yaml's recipe and data: the DAG installs it."""
     cfg = tiny_config()
@@ -162,47 +142,6 @@ def test_committed_model_records_the_tiny_config_recipe(tiny_train_split: Path) 
     assert tiny_artifact.differences(wanted, tiny_artifact.recorded_recipe(report)) == []
     size = sum(p.stat().st_size for p in ARTIFACT.iterdir())
     assert size < 10 * 2**20, f"models/tiny-base is {size / 2**20:.1f} MiB"
-
-
-@pytest.mark.slow
-def test_rebuild_reproduces_the_committed_model(tiny_train_split: Path, tmp_path: Path) -> None:
-    """config/tiny-rebuild.yaml's path: the rule's command with prebuilt null rebuilds the
-    model. Same quality everywhere: warm-start loss within 10%, and sampled format and success
-    rates not different from the committed ones by Fisher's two-sided exact test at level 0.01
-    each (RATE_ALPHA: two samples, so noise in both is allowed). On the CPU kind and thread
-    count that built it (`cpu_kind`: model, family, stepping and vector ISA, as the record
-    names it), the same bytes."""
-    cfg = tiny_config()
-    tiny = {**cfg["model"]["tiny"], **yaml.safe_load(REBUILD_YAML.read_text())["model"]["tiny"]}
-    assert tiny["prebuilt"] is None
-    out = tmp_path / "tiny"
-    cmd = [
-        sys.executable, "-m", "aha", "build-tiny-model", "--tiny", json.dumps(tiny),
-        "--train", str(tiny_train_split), "--seed", str(cfg["seed"]), "--out-dir", str(out),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}  # the rule pins its threads too
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    old = json.loads((ARTIFACT / "warm_start.json").read_text())
-    new = json.loads((out / "warm_start.json").read_text())
-    assert new["final_loss"] == pytest.approx(old["final_loss"], rel=0.10)
-    assert rate_differences(old["eval"], new["eval"]) == []
-    # a record without cpu_kind names only a model name ("AMD EPYC" on two different hosts):
-    # it cannot say the kind is the same, so it does not ask for the same bytes
-    same_machine = old.get("cpu_kind") is not None and (
-        new["cpu_kind"],
-        new["torch_threads"],
-    ) == (old["cpu_kind"], old["torch_threads"])
-    same_bytes = (out / "model.safetensors").read_bytes() == (
-        ARTIFACT / "model.safetensors"
-    ).read_bytes()
-    print(
-        f"rebuild on {new['cpu_kind']} x{new['torch_threads']} (committed: "
-        f"{old.get('cpu_kind', old['cpu'])} x{old['torch_threads']}): same bytes {same_bytes}"
-    )
-    if same_machine:
-        assert same_bytes
-    shutil.rmtree(out)
 
 
 ZEN3 = """processor\t: 0

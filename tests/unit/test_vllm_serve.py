@@ -10,9 +10,6 @@
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ import yaml
 from aha.config import ConfigError, check
 from aha.launch.commands import LaunchError
 from aha.launch.vllm_serve import server_command, server_flags
+from aha.run import Run, build_all
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = "/env/bin/python"
@@ -68,44 +66,6 @@ def test_server_command_is_what_trl_vllm_serve_execs():
     assert {k: v for k, v in trl_opts.items() if k not in defaults} == ours_opts
 
 
-def test_server_command_parses_with_vllm_serve_itself():
-    """The argv goes through `vllm serve`'s own parser (vLLM 0.30, the rehearsal's build)."""
-    from tests.conftest import rehearsal_python
-
-    code = textwrap.dedent(
-        """
-        import json, sys
-        from vllm.entrypoints.cli.serve import ServeSubcommand
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-        from aha.launch.vllm_serve import server_command
-
-        parser = FlexibleArgumentParser(prog="vllm")
-        ServeSubcommand().subparser_init(parser.add_subparsers(dest="subparser"))
-        options = json.loads(sys.argv[1])
-        argv = server_command("results/models/tiny", port=8001, options=options)
-        args = parser.parse_args(argv[argv.index("serve") :])
-        keys = ("model_tag", "host", "port", "gpu_memory_utilization", "enforce_eager",
-                "enable_prefix_caching", "max_model_len", "logprobs_mode", "max_logprobs",
-                "enable_scale_out", "model_impl")
-        print(json.dumps({**{k: getattr(args, k) for k in keys},
-                          "weight_transfer": args.weight_transfer_config.backend}))
-        """
-    )
-    options = {"gpu_memory_utilization": 0.5, "enforce_eager": True,
-               "enable_prefix_caching": False, "max-model-len": 256}  # fmt: skip
-    out = subprocess.run(
-        [str(rehearsal_python()), "-c", code, json.dumps(options)],
-        capture_output=True, text=True, check=True, timeout=300,
-    )  # fmt: skip
-    parsed = json.loads(out.stdout.strip().splitlines()[-1])
-    assert parsed == {
-        "model_tag": "results/models/tiny", "host": "127.0.0.1", "port": 8001,
-        "gpu_memory_utilization": 0.5, "enforce_eager": True, "enable_prefix_caching": False,
-        "max_model_len": 256, "logprobs_mode": "processed_logprobs", "max_logprobs": -1,
-        "enable_scale_out": True, "model_impl": "vllm", "weight_transfer": "nccl",
-    }  # fmt: skip
-
-
 def test_server_command_refuses_what_the_workflow_sets():
     for key in ("port", "host", "model", "max-logprobs", "weight_transfer_config"):
         with pytest.raises(LaunchError, match=rf"vllm_server\.{key}: set by the workflow"):
@@ -115,27 +75,22 @@ def test_server_command_refuses_what_the_workflow_sets():
 # --- the trainer's side: the chosen ports, and config keys the workflow owns --------------
 
 
-def test_the_trainer_is_pointed_at_the_ports_its_wrapper_chose(monkeypatch, tmp_path):
-    from aha.sections import RunSpec
-    from aha.stages import train
-
-    view = {**SERVER_RUN, "device": "cuda", "checkpoints": [2], "grpo": {
-        **SERVER_RUN["grpo"], "max_steps": 2, "vllm_group_port": 52001}}  # fmt: skip
-    spec = RunSpec.from_view(view)
-    monkeypatch.delenv("AHA_VLLM_SERVER_URL", raising=False)
-    args = train.build_grpo_args(spec, tmp_path)  # not under the wrapper: the run's own keys
+def test_the_trainer_is_pointed_at_the_ports_its_wrapper_chose(tmp_path):
+    grpo = {**SERVER_RUN["grpo"], "max_steps": 2, "vllm_group_port": 52001}
+    config = {"device": "cuda", "model": {"source": "hub", "name_or_path": "M"},
+              "checkpoints": [2], "runs": {"r": {"mode": "zero3", "grpo": grpo}}}  # fmt: skip
+    run = Run.build(config, "r")
+    args = run.grpo_args(tmp_path, env={})  # not under the wrapper: the run's own keys
     assert "vllm_server_base_url" not in args and args["vllm_group_port"] == 52001
-    monkeypatch.setenv("AHA_VLLM_SERVER_URL", "http://127.0.0.1:41234")
-    monkeypatch.setenv("AHA_VLLM_GROUP_PORT", "52001")
-    args = train.build_grpo_args(spec, tmp_path)
+    env = {"AHA_VLLM_SERVER_URL": "http://127.0.0.1:41234", "AHA_VLLM_GROUP_PORT": "52001"}
+    args = run.grpo_args(tmp_path, env=env)
     assert args["vllm_server_base_url"] == "http://127.0.0.1:41234"
     assert (args["vllm_server_host"], args["vllm_server_port"]) == ("127.0.0.1", 41234)
     assert args["vllm_group_port"] == 52001
-    monkeypatch.setenv("AHA_VLLM_GROUP_PORT", "52002")  # not the pinned one
     with pytest.raises(ConfigError, match=r"grpo\.vllm_group_port: 52001, but the server"):
-        train.build_grpo_args(spec, tmp_path)
-    colocate = RunSpec.from_view({**view, "grpo": {**view["grpo"], "vllm_mode": "colocate"}})
-    assert "vllm_server_base_url" not in train.build_grpo_args(colocate, tmp_path)
+        run.grpo_args(tmp_path, env={**env, "AHA_VLLM_GROUP_PORT": "52002"})  # not the pinned one
+    config["runs"]["r"]["grpo"] = {**grpo, "vllm_mode": "colocate"}
+    assert "vllm_server_base_url" not in Run.build(config, "r").grpo_args(tmp_path, env=env)
 
 
 @pytest.mark.parametrize(
@@ -156,4 +111,5 @@ def test_server_keys_the_workflow_sets_are_refused_at_dag_build(where, key, valu
         run["grpo"]["vllm_server_port"] = 8000
     run[where][key] = value
     with pytest.raises(ConfigError, match=rf"^runs\.qwen-zero3\.{message}"):
-        check(config)
+        check(config)  # the DAG's checks: the config's, then every run's as it is built
+        build_all(config)

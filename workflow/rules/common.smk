@@ -1,4 +1,4 @@
-# Config validation (schema + semantic checks), run/step helpers and input functions.
+# Config validation (schema + semantic checks), every replicate's Run, input functions.
 import json
 import os
 import re
@@ -9,20 +9,10 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from aha.config import (
-    ConfigError,
-    batch_notes,
-    check,
-    default_devices,
-    replicate_view,
-    run_seeds,
-    run_view,
-    sampling_plan,
-    schema_error,
-    steps,
-)
+from aha.config import ConfigError, check, schema_error
 from aha.launch.gpu_monitor import ENV_LOG, gpu_log_path, use_pci_device_order
-from aha.launch.commands import LaunchError, stop_budget, train_command
+from aha.launch.commands import LaunchError
+from aha.run import batch_notes, build_all, run_seeds, steps
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
 if problem := schema_error(config, SCHEMA):
@@ -30,9 +20,12 @@ if problem := schema_error(config, SCHEMA):
 validate(config, schema=SCHEMA)  # fills the schema's defaults in
 try:
     check(config)
+    # (run, seed) -> aha.run.Run: built once, what every rule reads (a run its mode cannot
+    # take is refused here)
+    REPLICATE_RUNS = build_all(config)
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
-for note in batch_notes(config):
+for note in batch_notes(REPLICATE_RUNS.values()):
     logger.warning(f"note: {note}")
 
 # Rules call `python -m aha STAGE`: the interpreter running Snakemake (the project venv) goes
@@ -48,28 +41,39 @@ DATA = "results/data"
 MAX_THREADS = 8
 
 
-def run_threads(wildcards):
-    """Sampling threads. One for the tiny CPU model (`generate` of its small matmuls does not
-    speed up with more; two sample jobs then run side by side), all allowed for GPU runs."""
-    return 1 if run_view(config, wildcards.run)["mode"] == "cpu" else MAX_THREADS
+def run_of(wildcards):
+    """The job's aha.run.Run: its replicate's, or for a run's step 0 (no seed) its first
+    replicate's, which samples the same base model."""
+    seeds = run_seeds(config, wildcards.run)
+    seed = int(wildcards.seed) if "seed" in wildcards.keys() else seeds[0]
+    if seed not in seeds:
+        raise WorkflowError(f"runs.{wildcards.run}: seed {seed} is not in its seeds {seeds}")
+    return REPLICATE_RUNS[wildcards.run, seed]
+
+
+def sample_threads(wildcards):
+    """Sampling threads. One for a run that only runs on the CPU (the tiny model: `generate` of
+    its small matmuls does not speed up with more; two sample jobs then run side by side), all
+    allowed for GPU runs."""
+    return 1 if run_of(wildcards).mode.cpu_only else MAX_THREADS
 
 
 def train_threads(wildcards):
     """Training threads. Two on the CPU (the tiny model, a rehearsal): its optimiser step runs
     1.8x faster on two (docs/benchmarks.md), and samples of its checkpoints wait for the whole
     run anyway."""
-    return 2 if run_view(config, wildcards.run)["device"] == "cpu" else MAX_THREADS
+    return 2 if run_of(wildcards).device == "cpu" else MAX_THREADS
 
 
-def run_gpus(wildcards):
-    """GPUs a job asks the scheduler for: the run's devices on cuda, none on a CPU rehearsal."""
-    spec = run_view(config, wildcards.run)
-    return default_devices(spec) if spec["device"] == "cuda" else 0
+def train_gpus(wildcards):
+    """GPUs a training job asks the scheduler for: the run's devices on cuda, none on the CPU."""
+    run = run_of(wildcards)
+    return run.devices if run.device == "cuda" else 0
 
 
 def sample_gpus(wildcards):
     """One GPU to sample a GPU-mode run (vLLM takes most of it); none on the CPU."""
-    return 1 if run_view(config, wildcards.run)["device"] == "cuda" else 0
+    return 1 if run_of(wildcards).device == "cuda" else 0
 
 
 # Snakemake's benchmark file of each job (wall and CPU seconds, peak memory), by rule: the rules
@@ -106,7 +110,7 @@ def gpu_log(*rules):
 
 def builds_tiny_model():
     """Whether the DAG builds the tiny model: some run starts from it (see model_input)."""
-    return any(run_view(config, run)["model"]["source"] == "tiny" for run in RUNS)
+    return any(run.model["source"] == "tiny" for run in REPLICATE_RUNS.values())
 
 
 TINY = "results/models/tiny"
@@ -138,9 +142,9 @@ def replicates(run):
     return [(seed, RUN_DIR.format(run=run, seed=seed)) for seed in run_seeds(config, run)]
 
 
-def model_path(run):
+def model_path(wildcards):
     """What training and step-0 sampling load: the built tiny model, a Hub id or a local dir."""
-    model = run_view(config, run)["model"]
+    model = run_of(wildcards).model
     return TINY if model["source"] == "tiny" else model["name_or_path"]
 
 
@@ -154,7 +158,7 @@ def prebuilt_tiny_model():
 
 def model_input(wildcards):
     """File dependency on the model: only the tiny model is built by the workflow."""
-    return TINY if run_view(config, wildcards.run)["model"]["source"] == "tiny" else []
+    return TINY if run_of(wildcards).model["source"] == "tiny" else []
 
 
 def sample_input(wildcards):
@@ -166,7 +170,7 @@ def sample_model(wildcards):
     """The --model argument of sampling: the base model at step 0, else the step's manifest."""
     step = int(wildcards.step)
     if step == 0:
-        return model_path(wildcards.run)
+        return model_path(wildcards)
     if step not in steps(config, wildcards.run):
         raise WorkflowError(f"runs.{wildcards.run}: step {step} is not a configured checkpoint")
     if int(wildcards.seed) not in run_seeds(config, wildcards.run):
@@ -200,38 +204,37 @@ def as_json(obj):
 
 
 def sample_backend(wildcards):
-    """The run's sampler (aha.config.sampling_plan): hf for cpu and qlora, sampling.backend
-    for zero3."""
-    backend, _ = sampling_plan(run_view(config, wildcards.run), config["sampling"]["backend"])
-    return backend
+    """The run's sampler (aha.run.Run.sample_backend): its mode's, or sampling.backend."""
+    return run_of(wildcards).sample_backend
 
 
 def sample_quantization(wildcards):
-    """`--quantization` of a qlora run, at every step (step 0 too): one precision per run."""
-    _, kwargs = sampling_plan(run_view(config, wildcards.run), config["sampling"]["backend"])
+    """`--quantization` of a run with a 4-bit base, at every step (step 0 too): one precision
+    per run."""
+    kwargs = run_of(wildcards).quantization
     return f"--quantization {shlex.quote(as_json(kwargs))}" if kwargs else ""
+
+
+def train_run(wildcards, resources):
+    """The train job's Run, on the GPUs the job was given (`resources: gpu`)."""
+    return run_of(wildcards).on(int(resources.gpu))
 
 
 def train_stop_budget(wildcards, resources):
     """The job's stop budget (aha.launch.commands.StopBudget): from the lead of the `--signal=TERM@N`
     in its slurm_extra, the one place it is set (profiles/slurm); 300 s without one."""
-    spec = replicate_view(config, wildcards.run, int(wildcards.seed))
     try:
-        return stop_budget(spec, resources.get("slurm_extra"))
+        return train_run(wildcards, resources).stop_budget(resources.get("slurm_extra"))
     except LaunchError as err:
         raise WorkflowError(str(err)) from None
 
 
 def launch_command(wildcards, resources):
-    """The mode-specific training command (see aha.launch.commands.train_command)."""
-    spec = replicate_view(config, wildcards.run, int(wildcards.seed))
-    devices = int(resources.gpu) if spec["device"] == "cuda" else default_devices(spec)
-    cmd = train_command(
-        spec,
-        devices,
-        "python",
+    """The mode's training command (aha.run.Run.launch_argv), its `aha train` args to follow."""
+    cmd = train_run(wildcards, resources).launch_argv(
         [],
-        model=model_path(wildcards.run),
+        python="python",
+        model=model_path(wildcards),
         server_log=f"logs/train/{wildcards.run}-seed{wildcards.seed}.vllm-server.log",
         accelerate_config=f"{workflow.basedir}/workflow/accelerate/zero3.yaml",
         budget=train_stop_budget(wildcards, resources),

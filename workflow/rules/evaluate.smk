@@ -17,10 +17,10 @@ rule sample:
         model=sample_model,
         sampling=lambda wc: as_json(config["sampling"]),
         backend=sample_backend,
-        device=lambda wc: run_view(config, wc.run)["device"],
+        device=lambda wc: run_of(wc).device,
         quantization=sample_quantization,
         gpu_log=gpu_log("sample", "sample_base"),
-    threads: run_threads
+    threads: sample_threads
     resources:
         gpu=sample_gpus,
     log:

@@ -1,56 +1,48 @@
-# The report: seaborn figures (`python -m aha plots`) and HTML tables (`python -m aha tables`),
-# flagged with report() for `snakemake --report`. These rules own the report's paths: every file
-# a stage reads is a declared input (summary, each run's training log, each checkpoint's
-# samples) and every file it writes a declared output, each passed on its command line, so the
-# stages compose no path and building the DAG imports no plotting code. Whatever an input lacks
-# (a run with no logged step, an empty samples file) is stated on the figure or page.
-from aha.config import run_seeds, steps
-from aha.report.inputs import repeated, runs_argument
+# The report: seaborn figures (`python -m aha plots`), HTML tables (`python -m aha tables`) and
+# what the run cost (`python -m aha compute`), flagged with report() for `snakemake --report`.
+# These rules own the report's paths; the files they read are the outputs of rules aggregate,
+# train, sample and sample_base (evaluate.smk, train.smk), taken from those rules, so every path
+# has one owner. Every file a stage reads is a declared input and every file it writes a
+# declared output, each passed on its command line, so the stages compose no path and building
+# the DAG imports no plotting code. Whatever an input lacks (a run with no logged step, an empty
+# samples file) is stated on the figure or page. Over results that exist, these rules run on
+# their own with `--allowed-rules plots tables compute all` (tests/integration/test_browser.py).
+from aha.report import figures
+from aha.report.inputs import (
+    repeated,
+    runs_argument,
+    runs_overview,
+    seed_reference_drawn,
+    steps_and_seeds,
+)
 
 CAPTION = "../report/{}.rst"
-# `plots` option -> figure file (the options are aha.stages.plots.FIGURES).
-FIGURES = {
-    "success": "results/plots/success.svg",
-    "patterns": "results/plots/success_by_pattern.svg",
-    "sizes": "results/plots/success_by_size.svg",
-    "passk": "results/plots/pass_at_k.svg",
-    "quality": "results/plots/format_length.svg",
-    "behaviours": "results/plots/behaviours.svg",
-    "reflection": "results/plots/reflection.svg",
-    "audit": "results/plots/audit.svg",
-    "training": "results/plots/training.svg",
-}
-# rule aggregate's long tables (evaluate.smk) -> the `plots` option that reads each
-TABLES = {
-    "--by-pattern": "results/summary_by_pattern.tsv",
-    "--by-size": "results/summary_by_size.tsv",
-    "--pass-at-k-table": "results/pass_at_k.tsv",
-    "--audit-table": "results/audit.tsv",
-    "--reflection-table": "results/reflection_words.tsv",
-}
+# Every figure and page, its file and its report() flags: aha.report.figures.
+FIGURE_FILES = {figure.name: f"results/plots/{figure.file}" for figure in figures.FIGURES}
+COMPUTE_FIGURE = f"results/plots/{figures.COMPUTE_FIGURE.file}"
 COMPUTE_TABLE = "results/compute.tsv"
-COMPUTE_FIGURE = "results/plots/compute.svg"
-SUMMARY_PAGE = "results/tables/summary.html"
-ENVIRONMENT_PAGE = "results/tables/environment.html"
-EXAMPLES_PAGE = "results/tables/examples-{run}.html"
+SUMMARY_PAGE = f"results/tables/{figures.SUMMARY_PAGE.file}"
+ENVIRONMENT_PAGE = f"results/tables/{figures.ENVIRONMENT_PAGE.file}"
+EXAMPLES_PAGE = f"results/tables/{figures.EXAMPLES_PAGE.file}"
 EXAMPLES_PAGES = {run: EXAMPLES_PAGE.format(run=run) for run in RUNS}
-# The outputs of rule train (train.smk) and rule sample (evaluate.smk), spelled here too so
-# that these rules also run in a workflow of their own over existing results. Every replicate's
-# training log, and every samples file the examples pages draw from: (run, seed, step, path),
-# seed `base` for step 0, which is sampled once per run and is every seed's step 0.
+# {run: (steps, seeds)}: step 0 and the checkpoints, and the replicate seeds, of every run.
+STEPS_SEEDS = steps_and_seeds(config)
+# Every replicate's training log (rule train), and every samples file the examples pages draw
+# from (rules sample and sample_base): (run, seed, step, path), seed `base` for step 0, which
+# is sampled once per run and is every seed's step 0.
 TRAIN_LOGS = [
-    (run, seed, f"results/runs/{run}/seed-{seed}/train_log.jsonl")
-    for run in RUNS
-    for seed in run_seeds(config, run)
+    (run, seed, rules.train.output.log_history.format(run=run, seed=seed))
+    for run, (_, seeds) in STEPS_SEEDS.items()
+    for seed in seeds
 ]
 SAMPLES_FILES = [
-    (run, "base", 0, f"results/runs/{run}/base/samples/step-0.jsonl") for run in RUNS
+    (run, "base", 0, rules.sample_base.output[0].format(run=run, step=0)) for run in RUNS
 ] + [
-    (run, seed, step, f"results/runs/{run}/seed-{seed}/samples/step-{step}.jsonl")
-    for run in RUNS
-    for step in steps(config, run)
+    (run, seed, step, rules.sample.output[0].format(run=run, seed=seed, step=step))
+    for run, (run_steps, seeds) in STEPS_SEEDS.items()
+    for step in run_steps
     if step != 0
-    for seed in run_seeds(config, run)
+    for seed in seeds
 ]
 # The benchmark file of every job of the DAG, as (stage, path), in pipeline order: the
 # benchmark patterns of the rules (BENCHMARKS, common.smk) over the jobs they run. Step 0 is
@@ -62,16 +54,16 @@ JOB_BENCHMARKS = [
     *[("sample", BENCHMARKS["sample_base"].format(run=run, step=0)) for run in RUNS],
     *[
         ("sample", BENCHMARKS["sample"].format(run=run, seed=seed, step=step))
-        for run in RUNS
-        for seed in run_seeds(config, run)
-        for step in steps(config, run)
+        for run, (run_steps, seeds) in STEPS_SEEDS.items()
+        for seed in seeds
+        for step in run_steps
         if step
     ],
 ]
 # Every file the report rules write, for `rule all` (so `--report` finds them). A lambda, not a
 # def: `snakemake --lint` wants functions in common.smk, and the paths belong here.
 report_files = lambda runs: [
-    *FIGURES.values(),
+    *FIGURE_FILES.values(),
     COMPUTE_FIGURE,
     COMPUTE_TABLE,
     SUMMARY_PAGE,
@@ -82,79 +74,23 @@ report_files = lambda runs: [
 
 rule plots:
     input:
-        summary="results/summary.tsv",
-        tables=list(TABLES.values()),
+        summary=rules.aggregate.output.summary,
+        **{name: rules.aggregate.output[name] for name in figures.tables_read()},
         train_logs=[path for _, _, path in TRAIN_LOGS],
     output:
-        success=report(
-            FIGURES["success"],
-            caption=CAPTION.format("success"),
-            category="1. Success",
-            subcategory="Figures",
-            labels={"figure": "success rate and pass@k vs step"},
-        ),
-        patterns=report(
-            FIGURES["patterns"],
-            caption=CAPTION.format("success_by_pattern"),
-            category="1. Success",
-            subcategory="Figures",
-            labels={"figure": "success by operator pattern"},
-        ),
-        sizes=report(
-            FIGURES["sizes"],
-            caption=CAPTION.format("success_by_size"),
-            category="1. Success",
-            subcategory="Figures",
-            labels={"figure": "success by task size"},
-        ),
-        passk=report(
-            FIGURES["passk"],
-            caption=CAPTION.format("pass_at_k"),
-            category="1. Success",
-            subcategory="Figures",
-            labels={"figure": "pass@k curves, k = 1..K"},
-        ),
-        quality=report(
-            FIGURES["quality"],
-            caption=CAPTION.format("format_length"),
-            category="2. Completions",
-            subcategory="Figures",
-            labels={"figure": "format, length, truncation vs step"},
-        ),
-        behaviours=report(
-            FIGURES["behaviours"],
-            caption=CAPTION.format("behaviours"),
-            category="2. Completions",
-            subcategory="Figures",
-            labels={"figure": "aha behaviours vs step"},
-        ),
-        reflection=report(
-            FIGURES["reflection"],
-            caption=CAPTION.format("reflection"),
-            category="2. Completions",
-            subcategory="Figures",
-            labels={"figure": "reflection words vs step"},
-        ),
-        audit=report(
-            FIGURES["audit"],
-            caption=CAPTION.format("audit"),
-            category="2. Completions",
-            subcategory="Figures",
-            labels={"figure": "reward-hacking audit vs step"},
-        ),
-        training=report(
-            FIGURES["training"],
-            caption=CAPTION.format("training"),
-            category="3. Training",
-            subcategory="Figures",
-            labels={"figure": "training curves (TRL log)"},
-        ),
+        **{
+            figure.name: report(FIGURE_FILES[figure.name], **figure.flags(CAPTION))
+            for figure in figures.FIGURES
+        },
     params:
         runs=lambda wc: as_json(runs_argument(config)),
         report=lambda wc: as_json(config["report"]),
         train_logs=repeated("--train-log", TRAIN_LOGS),
-        tables=" ".join(f"{flag} {path}" for flag, path in TABLES.items()),
-        figures=lambda wc, output: " ".join(f"--{name} {output[name]}" for name in FIGURES),
+        tables=lambda wc, input: " ".join(
+            f"{figures.TABLE_OPTIONS[name]} {input[name]}" for name in figures.tables_read()
+        ),
+        figures=lambda wc, output: " ".join(f"--{name} {output[name]}" for name in FIGURE_FILES),
+        seed_reference=seed_reference_drawn(config),  # for the success figure's caption
     log:
         "logs/plots/plots.log",
     conda:
@@ -167,31 +103,13 @@ rule plots:
 
 rule tables:
     input:
-        summary="results/summary.tsv",
+        summary=rules.aggregate.output.summary,
         samples=[path for *_, path in SAMPLES_FILES],
     output:
-        summary=report(
-            SUMMARY_PAGE,
-            caption=CAPTION.format("summary_table"),
-            category="4. Tables",
-            subcategory="Summary",
-            labels={"table": "metrics per run and checkpoint"},
-        ),
-        environment=report(
-            ENVIRONMENT_PAGE,
-            caption=CAPTION.format("environment"),
-            category="4. Tables",
-            subcategory="Summary",
-            labels={"table": "software versions"},
-        ),
+        summary=report(SUMMARY_PAGE, **figures.SUMMARY_PAGE.flags(CAPTION)),
+        environment=report(ENVIRONMENT_PAGE, **figures.ENVIRONMENT_PAGE.flags(CAPTION)),
         examples=[
-            report(
-                page,
-                caption=CAPTION.format("examples"),
-                category="4. Tables",
-                subcategory="Example completions",
-                labels={"run": run},
-            )
+            report(page, **figures.EXAMPLES_PAGE.flags(CAPTION, run=run))
             for run, page in EXAMPLES_PAGES.items()
         ],
     params:
@@ -200,6 +118,7 @@ rule tables:
         samples=repeated("--samples", SAMPLES_FILES),
         examples=repeated("--examples-page", EXAMPLES_PAGES.items()),
         workflow_dir=workflow.basedir,
+        overview=runs_overview(config),  # the runs as the report's front page lists them
     log:
         "logs/tables/tables.log",
     conda:
@@ -219,13 +138,7 @@ rule compute:
         train_logs=[path for _, _, path in TRAIN_LOGS],
     output:
         table=COMPUTE_TABLE,
-        figure=report(
-            COMPUTE_FIGURE,
-            caption=CAPTION.format("compute"),
-            category="5. Compute",
-            subcategory="Figures",
-            labels={"figure": "hours per stage, s/step, GPU memory"},
-        ),
+        figure=report(COMPUTE_FIGURE, **figures.COMPUTE_FIGURE.flags(CAPTION)),
     params:
         runs=lambda wc: as_json(runs_argument(config)),
         benchmarks=repeated("--benchmark", JOB_BENCHMARKS),

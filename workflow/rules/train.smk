@@ -2,10 +2,10 @@
 # declared output is the replicate's directory of checkpoint manifests (one per configured step;
 # per-run checkpoint lists make a fixed file list impossible). TRL's own state lives in
 # results/runs/{run}/seed-{seed}/trainer/, outside declared outputs, so a rerun of an
-# interrupted job resumes from its newest checkpoint-N instead of starting over. The seed is
-# TRL's: the spec's grpo.seed is the replicate's (aha.config.replicate_view), and --seed too.
-# The command depends on the mode (aha.launch.commands.train_command): cpu/qlora run `python -m aha
-# train`; zero3 runs it under `accelerate launch` (DeepSpeed ZeRO-3), on all GPUs with vLLM
+# interrupted job resumes from its newest checkpoint-N instead of starting over. `--run` is the
+# job's aha.run.Run as one JSON argument (its seed is TRL's grpo.seed), so the log shows exactly
+# what trained. The command is the mode's launcher (aha.run.Run.launch_argv): `python -m aha
+# train` (cpu, qlora); under `accelerate launch` (DeepSpeed ZeRO-3: zero3), on all GPUs with vLLM
 # colocated, or on all but the last with vLLM's `vllm serve` started there (on 127.0.0.1, on
 # ports the job chooses) and always stopped. Its stop timeouts all follow from the one
 # `--signal=TERM@N` of the job's slurm_extra (aha.launch.commands.StopBudget); the log's first line says
@@ -20,8 +20,8 @@ rule train:
         checkpoints=directory(f"{RUN_DIR}/checkpoints"),
         log_history=f"{RUN_DIR}/train_log.jsonl",
     params:
-        spec=lambda wc: as_json(replicate_view(config, wc.run, int(wc.seed))),
-        model=lambda wc: model_path(wc.run),
+        run=lambda wc, resources: train_run(wc, resources).to_json(),
+        model=model_path,
         data_dir=lambda wc, input: os.path.dirname(input.train),
         out_dir=lambda wc: RUN_DIR.format(**wc),
         launch=launch_command,
@@ -29,7 +29,7 @@ rule train:
         gpu_log=gpu_log("train"),
     threads: train_threads
     resources:
-        gpu=run_gpus,
+        gpu=train_gpus,
     log:
         "logs/train/{run}-seed{seed}.log",
     benchmark:
@@ -38,7 +38,7 @@ rule train:
         "../../environment.yml"
     shell:
         "echo {params.stop_budget:q} > {log} && python -m aha check-gpu "
-        "--run-spec {params.spec:q} --model {params.model} >> {log} 2>&1 && "
-        "{params.gpu_log} OMP_NUM_THREADS={threads} exec {params.launch} --run-spec {params.spec:q} "
+        "--run {params.run:q} --model {params.model} >> {log} 2>&1 && "
+        "{params.gpu_log} OMP_NUM_THREADS={threads} exec {params.launch} --run {params.run:q} "
         "--data-dir {params.data_dir} --model {params.model} --out-dir {params.out_dir} "
-        "--seed {wildcards.seed} >> {log} 2>&1"
+        ">> {log} 2>&1"

@@ -1,12 +1,14 @@
 """How a training run is launched, per mode, and how long a preempted run has to stop.
 
-`train_command` is pure: the train rule calls it with the run's settings, its GPU resources and
-its stop budget, and gets the argv prefix to which it appends the `aha train` arguments.
+`train_command` is pure: it takes the job's `aha.run.Run` (on the GPUs the job was given, see
+`Run.launch_argv`) and its stop budget, and gives the argv to which the rule appends the `aha
+train` arguments. What it launches is the run's mode's `launcher`:
 
-- cpu, qlora: `python -m aha train ...` (one process; qlora uses one GPU).
-- zero3, vllm_mode colocate: `accelerate launch --config_file workflow/accelerate/zero3.yaml
-  --num_processes GPUS --main_process_port 0 -m aha train ...`; vLLM runs inside every rank.
-- zero3, vllm_mode server: the same on GPUS - 1 processes, wrapped by `python -m aha
+- `python` (cpu, qlora): `python -m aha train ...`, one process (on one GPU, but for mode cpu).
+- `accelerate` (zero3), vllm_mode colocate: `accelerate launch --config_file
+  workflow/accelerate/zero3.yaml --num_processes GPUS --main_process_port 0 -m aha train ...`;
+  vLLM runs inside every rank.
+- `accelerate`, vllm_mode server: the same on GPUS - 1 processes, wrapped by `python -m aha
   with-vllm-server` (`aha.launch.vllm_server`), which serves the model with vLLM's own `vllm serve` on
   the last GPU, bound to 127.0.0.1, on ports it chooses when the job starts.
 
@@ -26,11 +28,13 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from aha.config import training_processes, uses_vllm_server
 from aha.launch.process_tree import KILL_WAIT_S
 from aha.launch.vllm_sampler import CPU_KVCACHE_GIB
+
+if TYPE_CHECKING:  # aha.run builds on this module
+    from aha.run import Run
 
 # The lead of profiles/slurm's `--signal=TERM@300`; also the budget of a run with no such signal
 # (a local run stopped with SIGTERM).
@@ -74,8 +78,8 @@ class StopBudget:
 
     lead_s: int
     source: str
-    launcher: bool = False  # torchrun (zero3)
-    server: bool = False  # the vLLM server wrapper (zero3, vllm_mode server)
+    launcher: bool = False  # torchrun (the accelerate launcher: zero3)
+    server: bool = False  # the vLLM server wrapper (vllm_mode server)
 
     @property
     def wrapper_grace_s(self) -> int:
@@ -104,15 +108,15 @@ class StopBudget:
         )
 
 
-def stop_budget(run_spec: dict[str, Any], slurm_extra: str | None = None) -> StopBudget:
+def stop_budget(run: Run, slurm_extra: str | None = None) -> StopBudget:
     """The run's StopBudget from its train job's `slurm_extra`; LaunchError if too short."""
     lead, source = signal_lead(slurm_extra)
-    zero3 = run_spec.get("mode") == "zero3"
-    budget = StopBudget(lead, source, launcher=zero3, server=zero3 and uses_vllm_server(run_spec))
-    if zero3 and budget.shutdown_timeout_s < MIN_SHUTDOWN_TIMEOUT_S:
+    ranks = run.mode.launcher == "accelerate"
+    budget = StopBudget(lead, source, launcher=ranks, server=ranks and run.uses_vllm_server)
+    if ranks and budget.shutdown_timeout_s < MIN_SHUTDOWN_TIMEOUT_S:
         margins = lead - budget.shutdown_timeout_s
         raise LaunchError(
-            f"runs.{run_spec.get('name', '?')}: {source} leaves the ranks "
+            f"runs.{run.name}: {source} leaves the ranks "
             f"{budget.shutdown_timeout_s} s to save ({margins} s go to the stop's other steps); "
             f"set N in the train job's slurm_extra --signal=TERM@N to a step plus its checkpoint "
             f"save plus {margins} s, at least {margins + MIN_SHUTDOWN_TIMEOUT_S}"
@@ -130,16 +134,16 @@ CPU_ENV = ("DS_ACCELERATOR=cpu", f"VLLM_CPU_KVCACHE_SPACE={CPU_KVCACHE_GIB}")
 CPU_ACCELERATE = ("--mixed_precision", "no")
 
 
-def pinned_ports(run_spec: dict[str, Any]) -> dict[str, int]:
+def pinned_ports(run: Run) -> dict[str, int]:
     """The server-mode ports the run's grpo pins (wrapper flag -> port); the rest are chosen."""
-    grpo = run_spec.get("grpo") or {}
     flags = {"--port": "vllm_server_port", "--group-port": "vllm_group_port"}
-    return {flag: int(grpo[key]) for flag, key in flags.items() if grpo.get(key) is not None}
+    return {
+        flag: int(run.grpo[key]) for flag, key in flags.items() if run.grpo.get(key) is not None
+    }
 
 
 def train_command(
-    run_spec: dict[str, Any],
-    gpus: int,
+    run: Run,
     python: str,
     train_args: Sequence[str],
     *,
@@ -148,39 +152,36 @@ def train_command(
     accelerate_config: str | None = None,
     budget: StopBudget | None = None,
 ) -> list[str]:
-    """The argv that trains `run_spec` (a `aha.config.run_view`) on `gpus` devices.
+    """The argv that trains `run` on its `devices` with its mode's launcher.
 
-    `gpus` are GPUs, or on a CPU rehearsal (`device: cpu`) the CPU processes that stand in for
-    them (`aha.config.default_devices`): the split between training and server is the same.
-    `train_args` are appended after `aha train` (pass [] to get a prefix the rule extends).
-    `model` is what the vLLM server serves in server mode (default: the run's
-    model.name_or_path); `server_log` is where the server's output goes. `accelerate_config`
-    is the accelerate + DeepSpeed yaml of a zero3 run: the rule passes its path. `budget`
-    (default: `stop_budget` without slurm_extra) sets the timeouts of a preempted run's stop.
+    The devices are GPUs, or on a CPU rehearsal (`device: cpu`) the CPU processes that stand in
+    for them: the split between training and server is the same. `train_args` are appended
+    after `aha train` (pass [] to get a prefix the rule extends). `model` is what the vLLM
+    server serves in server mode (default: the run's model.name_or_path); `server_log` is where
+    the server's output goes. `accelerate_config` is the accelerate + DeepSpeed yaml of the
+    accelerate launcher: the rule passes its path. `budget` (default: `stop_budget` without
+    slurm_extra) sets the timeouts of a preempted run's stop.
     """
-    mode = run_spec.get("mode")
-    name = run_spec.get("name", "?")
-    on_cpu = run_spec.get("device", "cuda") == "cpu" and mode != "cpu"
-    unit = "CPU process" if on_cpu else "GPU"
+    mode, devices = run.mode, run.devices
+    unit = "CPU process" if run.rehearsal else "GPU"
     train = ["-m", "aha", "train", *train_args]
-    if mode == "cpu":
-        return [python, *train]
-    env = ["env", *CPU_ENV] if on_cpu else []
-    if mode == "qlora":
-        if gpus < 1:
-            raise LaunchError(f"runs.{name}: mode qlora needs 1 {unit} (resources gpu={gpus})")
+    env = ["env", *CPU_ENV] if run.rehearsal else []
+    if mode.launcher == "python":
+        if devices < mode.gpus:
+            raise LaunchError(
+                f"runs.{run.name}: mode {mode.name} needs {mode.gpus} {unit} (resources gpu={devices})"
+            )
         return [*env, python, *train]
-    if mode != "zero3":
-        raise LaunchError(f"runs.{name}.mode: {mode!r} is not one of cpu, qlora, zero3")
-    server = uses_vllm_server(run_spec)
-    processes = training_processes(run_spec, gpus)
-    if processes < 1:
-        need = f"2 {unit}es" if on_cpu else "2 GPUs"
+    server = run.uses_vllm_server
+    if run.training_processes < 1:
+        need = f"2 {unit}es" if run.rehearsal else "2 GPUs"
         need = f"{need} (one trains, the last serves vLLM)" if server else f"1 {unit}"
-        raise LaunchError(f"runs.{name}: mode zero3 needs at least {need} (resources gpu={gpus})")
+        raise LaunchError(
+            f"runs.{run.name}: mode {mode.name} needs at least {need} (resources gpu={devices})"
+        )
     if not accelerate_config:
-        raise LaunchError(f"runs.{name}: mode zero3 needs an accelerate config file")
-    budget = budget or stop_budget(run_spec)
+        raise LaunchError(f"runs.{run.name}: mode {mode.name} needs an accelerate config file")
+    budget = budget or stop_budget(run)
     launch = [
         "env",
         f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={budget.shutdown_timeout_s}",
@@ -191,24 +192,24 @@ def train_command(
         "--config_file",
         accelerate_config,
         "--num_processes",
-        str(processes),
+        str(run.training_processes),
         "--main_process_port",
         "0",  # a free rendezvous port, chosen by accelerate as the job starts
-        *(CPU_ACCELERATE if on_cpu else []),
+        *(CPU_ACCELERATE if run.rehearsal else []),
         *train,
     ]
     if not server:
         return launch
-    served = model or (run_spec.get("model") or {}).get("name_or_path")
+    served = model or run.model.get("name_or_path")
     if not served:
-        raise LaunchError(f"runs.{name}: no model to serve (model.name_or_path)")
+        raise LaunchError(f"runs.{run.name}: no model to serve (model.name_or_path)")
     wrapper = [*env, python, "-m", "aha", "with-vllm-server", "--model", served]
-    wrapper += ["--gpus", str(gpus)]
-    for flag, port in pinned_ports(run_spec).items():
+    wrapper += ["--gpus", str(devices)]
+    for flag, port in pinned_ports(run).items():
         wrapper += [flag, str(port)]
     wrapper += ["--grace", str(budget.wrapper_grace_s), "--server-grace", str(SERVER_GRACE_S)]
-    if run_spec.get("vllm_server"):
-        wrapper += ["--server-args", json.dumps(run_spec["vllm_server"], sort_keys=True)]
+    if run.vllm_server:
+        wrapper += ["--server-args", json.dumps(run.vllm_server, sort_keys=True)]
     if server_log:
         wrapper += ["--server-log", server_log]
     return [*wrapper, "--", *launch]

@@ -2,7 +2,8 @@
 
 Everything else a rehearsal runs is the GPU code path itself: the same launchers, DeepSpeed
 ZeRO-3 on gloo ranks, bitsandbytes NF4, vLLM's CPU build. Two calls of that path cannot run on a
-CPU, and each is replaced here, only when the run's device is cpu, with a warning in the log:
+CPU, and each is replaced here, only on a rehearsal (`aha.run.Run.rehearsal`: a GPU mode on
+device cpu), with a warning in the log:
 
 1. Colocated vLLM reloads the policy's weights into its engine after every optimizer step
    (`model.load_weights`). vLLM's CPU build prepacks each linear layer's weight for oneDNN and
@@ -25,7 +26,10 @@ Both patches are applied in the training process before TRL builds its vLLM engi
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aha.run import Run
 
 log = logging.getLogger("aha.launch.cpu_rehearsal")
 
@@ -75,11 +79,13 @@ def skip_server_weight_sync() -> None:
     VLLMClient.update_named_params = update_named_params
 
 
-def prepare(grpo: dict[str, Any]) -> None:
-    """Apply what a CPU rehearsal of these GRPOConfig options needs (nothing without vLLM)."""
-    if not grpo.get("use_vllm"):
+def prepare(run: Run) -> None:
+    """Apply what the CPU rehearsal of `run` needs where TRL generates with vLLM: its server
+    mode's weight sync skipped, or its colocated engine's weights kept (nothing without vLLM,
+    nothing outside a rehearsal)."""
+    if not run.rehearsal or not run.grpo.get("use_vllm"):
         return
-    if grpo.get("vllm_mode", "colocate") == "server":
+    if run.grpo.get("vllm_mode") == "server":  # what TRL's client does, whatever the mode
         skip_server_weight_sync()
     else:
         keep_vllm_cpu_weights()

@@ -11,16 +11,12 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aha.run import Run
 
 INSTALL_HINT = "pip install 'aha-countdown[gpu]' or use environment.yml (CPU rehearsal: make install-rehearsal)"
-
-# package each mode (or feature) needs -> import name
-MODE_PACKAGES: dict[str, tuple[str, ...]] = {
-    "cpu": (),
-    "qlora": ("bitsandbytes", "peft"),
-    "zero3": ("deepspeed",),
-}
 
 
 class GpuEnvError(RuntimeError):
@@ -48,22 +44,22 @@ def require_cuda(mode: str) -> None:
         raise GpuEnvError(f"mode {mode} needs a CUDA GPU; on CPU use config/tiny.yaml (mode cpu)")
 
 
-def check_mode(mode: str, grpo: dict[str, Any] | None = None, device: str = "cuda") -> None:
-    """All checks for training in `mode` with these GRPOConfig options; no-op for mode cpu.
+def check_run(run: Run) -> None:
+    """All checks for training `run`: its mode's packages (`Mode.packages`), vllm with
+    grpo.use_vllm, CUDA on cuda; nothing for a mode that only runs on the CPU.
 
     Packages are checked before CUDA: a missing package is the likelier mistake on a GPU node
-    and its fix is different. A rehearsal (`device` cpu) needs the same packages, no CUDA.
+    and its fix is different. A rehearsal (device cpu) needs the same packages, no CUDA.
     """
-    if mode == "cpu":
+    mode = run.mode
+    if mode.cpu_only:
         return
-    if mode not in MODE_PACKAGES:
-        raise GpuEnvError(f"unknown mode {mode!r} (expected one of {', '.join(MODE_PACKAGES)})")
-    for package in MODE_PACKAGES[mode]:
-        require_package(package, f"mode {mode}")
-    if (grpo or {}).get("use_vllm"):
-        require_package("vllm", f"mode {mode} with grpo.use_vllm")
-    if device == "cuda":
-        require_cuda(mode)
+    for package in mode.packages:
+        require_package(package, f"mode {mode.name}")
+    if run.grpo.get("use_vllm"):
+        require_package("vllm", f"mode {mode.name} with grpo.use_vllm")
+    if run.device == "cuda":
+        require_cuda(mode.name)
 
 
 def check_vllm_sampling(device: str = "cuda") -> None:
@@ -133,33 +129,29 @@ def _check_on_hub(repo_id: str) -> str:
 
 
 def cli(argv: list[str], prog: str) -> None:
-    """`python -m aha check-gpu`: the checks above, before a launcher that would fail obscurely.
+    """`python -m aha check-gpu`: check that this machine can train a run (packages, CUDA,
+    model) before a launcher that would fail obscurely; exits 1 with one line naming the fix.
 
     `accelerate launch` with a DeepSpeed config fails inside accelerate, with a traceback, when
     deepspeed is missing; the train rule runs this first so the log starts with the fix.
     """
-    import argparse
-    import json
+    from aha.cli import failing_as, json_arg, parser
+    from aha.run import Run
 
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Check that this machine can train a run: packages, CUDA, model. "
-        "Exits 1 with one line naming the fix.",
-    )
-    parser.add_argument(
-        "--run-spec",
+    p = parser(prog, cli.__doc__)
+    p.add_argument(
+        "--run",
         required=True,
-        help="the run's settings as JSON (aha.config.run_view; uses its mode and grpo)",
+        type=json_arg(Run.from_json),
+        metavar="JSON",
+        help="the run as one JSON object (aha.run.Run.to_json; its mode, device and grpo)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--model", default=None, help="model to check: a local directory or a Hub id (optional)"
     )
-    args = parser.parse_args(argv)
-    spec = json.loads(args.run_spec)
-    try:
-        check_mode(spec.get("mode", "cpu"), spec.get("grpo"), spec.get("device", "cuda"))
+    args = p.parse_args(argv)
+    with failing_as(prog, GpuEnvError):
+        check_run(args.run)
         if args.model:
             resolve_model(args.model)
-    except GpuEnvError as err:
-        raise SystemExit(f"{prog}: {err}") from None
-    print(f"{prog}: ok (mode {spec.get('mode')}{', model ' + args.model if args.model else ''})")
+    print(f"{prog}: ok (mode {args.run.mode.name}{', model ' + args.model if args.model else ''})")

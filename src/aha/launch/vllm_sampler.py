@@ -5,7 +5,7 @@ Same contract as the HF path in `aha.stages.sample`: for every prompt, `k` compl
 per request through `LoRARequest`, which avoids writing a merged copy of a 3B model per
 checkpoint. A ZeRO-3 checkpoint holds full 16-bit weights (zero3_save_16bit_model) and loads
 like any model directory. A qlora run is not sampled here: its NF4 base needs bitsandbytes,
-which vLLM 0.30 does not have (`aha.config.sampling_plan`). vLLM is imported
+which vLLM 0.30 does not have (the qlora row of `aha.run.MODES`). vLLM is imported
 only here, inside the function, so nothing else pays for it.
 """
 
@@ -71,7 +71,7 @@ def engine_kwargs(
 
     Pure, so the CUDA branch's arguments can be checked by vLLM's own validation on a CPU
     (`aha.contracts`). No quantization: vLLM 0.30 has no bitsandbytes method, so a qlora run's
-    NF4 steps are sampled by transformers (`aha.config.sampling_plan`). On the CPU (vLLM's CPU
+    NF4 steps are sampled by transformers (its row's `sampler`, `aha.run.MODES`). On the CPU (vLLM's CPU
     build) the engine runs eagerly: compiling its graphs costs more than the tiny rehearsal
     models take to sample.
     """

@@ -3,7 +3,8 @@
 `trl vllm-serve` is deprecated in TRL 1.16 and only execs vLLM's server with a few settings of
 TRL's (trl/scripts/vllm_serve.py `build_command`); `server_command` builds that very command
 without TRL in between, through this interpreter, and SERVER_ENV is the environment TRL adds.
-Pure: the wrapper (`aha.launch.vllm_server`) and the contract checks (`aha.contracts`, vLLM's own
+`split_gpus` gives the server the job's last GPU, and `local_no_proxy` keeps the trainer's
+requests to it off a cluster's http_proxy. Pure: the wrapper (`aha.launch.vllm_server`) and the contract checks (`aha.contracts`, vLLM's own
 parser) call it.
 """
 
@@ -77,3 +78,36 @@ def server_command(
         merged[name] = value
     head = [python, "-m", "vllm.entrypoints.cli.main", "serve", model]
     return [*head, "--host", host, "--port", str(port), *server_flags(merged | TRL_SERVE_REQUIRED)]
+
+
+def split_gpus(gpus: int, visible: str | None) -> tuple[str, str]:
+    """(training devices, server device): the server takes the last of the first `gpus` ids.
+
+    `visible` is CUDA_VISIBLE_DEVICES as the scheduler set it (None: ids 0..gpus-1).
+    """
+    if gpus < 2:
+        raise LaunchError(f"a vLLM server run needs at least 2 GPUs, got {gpus}")
+    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
+    if visible is None:
+        ids = [str(i) for i in range(gpus)]
+    if len(ids) < gpus:
+        raise LaunchError(
+            f"--gpus {gpus} but CUDA_VISIBLE_DEVICES={visible!r} lists {len(ids)}; "
+            "request as many GPUs as --gpus"
+        )
+    ids = ids[:gpus]
+    return ",".join(ids[:-1]), ids[-1]
+
+
+def local_no_proxy(env: Mapping[str, str], host: str = HOST) -> dict[str, str]:
+    """no_proxy and NO_PROXY: what `env` has in either, plus the server's host, 127.0.0.1 and
+    localhost.
+
+    TRL's client uses `requests`, which takes the environment's http_proxy: on a cluster that
+    sets one without no_proxy, every request to this node's server would go to the proxy.
+    """
+    entries: list[str] = []
+    for name in ("no_proxy", "NO_PROXY"):
+        entries += [e.strip() for e in env.get(name, "").split(",") if e.strip()]
+    merged = ",".join(dict.fromkeys([*entries, host, HOST, "localhost"]))
+    return {"no_proxy": merged, "NO_PROXY": merged}

@@ -29,7 +29,6 @@ run's stop budget (`aha.launch.commands.StopBudget`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -45,6 +44,7 @@ from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import IO, Any
 
+from aha.cli import add_json, failing_as, parser
 from aha.config import ENV_GROUP_PORT, ENV_SERVER_URL
 from aha.launch.commands import DEFAULT_SIGNAL_LEAD_S, SERVER_GRACE_S, LaunchError, StopBudget
 from aha.launch.ports import PortError, PortWatch, listening_inodes, reserve_ports
@@ -58,43 +58,19 @@ from aha.launch.process_tree import (
     sigterm_blocked,
     stop_tree,
 )
-from aha.launch.vllm_serve import HOST, SERVER_ENV, server_command, server_flags
+from aha.launch.vllm_serve import (
+    HOST,
+    SERVER_ENV,
+    local_no_proxy,
+    server_command,
+    server_flags,
+    split_gpus,
+)
 
-__all__ = ["cli_with_vllm_server", "run_with_server", "server_flags"]
+__all__ = ["cli", "cli_with_vllm_server", "run_with_server", "server_flags"]
+FREE_PORT_HINT = "rerun the job: it chooses other free ports"
+PINNED_PORT_HINT = "remove grpo.vllm_server_port so that each job chooses a free port"
 DEFAULT_GRACE_S = float(StopBudget(DEFAULT_SIGNAL_LEAD_S, "", True, True).wrapper_grace_s)
-
-
-def split_gpus(gpus: int, visible: str | None) -> tuple[str, str]:
-    """(training devices, server device): the server takes the last of the first `gpus` ids.
-
-    `visible` is CUDA_VISIBLE_DEVICES as the scheduler set it (None: ids 0..gpus-1).
-    """
-    if gpus < 2:
-        raise LaunchError(f"a vLLM server run needs at least 2 GPUs, got {gpus}")
-    ids = [d.strip() for d in visible.split(",") if d.strip()] if visible else []
-    if visible is None:
-        ids = [str(i) for i in range(gpus)]
-    if len(ids) < gpus:
-        raise LaunchError(
-            f"--gpus {gpus} but CUDA_VISIBLE_DEVICES={visible!r} lists {len(ids)}; "
-            "request as many GPUs as --gpus"
-        )
-    ids = ids[:gpus]
-    return ",".join(ids[:-1]), ids[-1]
-
-
-def local_no_proxy(env: Mapping[str, str], host: str = HOST) -> dict[str, str]:
-    """no_proxy and NO_PROXY: what `env` has in either, plus the server's host, 127.0.0.1 and
-    localhost.
-
-    TRL's client uses `requests`, which takes the environment's http_proxy: on a cluster that
-    sets one without no_proxy, every request to this node's server would go to the proxy.
-    """
-    entries: list[str] = []
-    for name in ("no_proxy", "NO_PROXY"):
-        entries += [e.strip() for e in env.get(name, "").split(",") if e.strip()]
-    merged = ",".join(dict.fromkeys([*entries, host, HOST, "localhost"]))
-    return {"no_proxy": merged, "NO_PROXY": merged}
 
 
 # The server is on this node: a cluster's http_proxy (without no_proxy) must not take the check.
@@ -157,12 +133,20 @@ def _open_log(stack: ExitStack, server_log: str | None, command: Sequence[str]) 
 
 
 def _start_server(
-    stack: ExitStack, family: Family, command: Sequence[str], device: str, log: IO[bytes] | None
+    stack: ExitStack,
+    family: Family,
+    command: Sequence[str],
+    device: str,
+    server_log: str | None,
+    grace: float,
 ) -> subprocess.Popen:
+    """Start: the server on `device`, in its own session with SIGTERM blocked, its output in
+    `server_log`; the stack stops it (SIGINT, SIGKILL after `grace`)."""
+    log = _open_log(stack, server_log, command)
     guard_dir = tempfile.mkdtemp(prefix="aha-vllm-server-")
     stack.callback(shutil.rmtree, guard_dir, ignore_errors=True)
     env = {**os.environ, **SERVER_ENV, "CUDA_VISIBLE_DEVICES": device}
-    return family.popen(
+    server = family.popen(
         command,
         env=guarded_env(guard_dir, env),
         stdout=log,
@@ -171,6 +155,8 @@ def _start_server(
         start_new_session=True,  # no terminal's Ctrl-C: stopped by us, after training
         preexec_fn=preexec(signal.SIGINT, block_sigterm=True),
     )
+    stack.callback(_stop_server, family, grace)
+    return server
 
 
 def _stop_server(family: Family, grace: float) -> None:
@@ -215,13 +201,57 @@ def _warn_unblocked(server: subprocess.Popen) -> None:
         )
 
 
+def _own_port(server: subprocess.Popen, host: str, port: int, hint: str, see: str) -> PortWatch:
+    """Health, after /health: every listener on the port is the server's (ServerError if not),
+    and its processes keep SIGTERM blocked (a warning if not). The watch checks it again."""
+    watch = PortWatch(server.pid, host, port, hint)
+    if problem := watch.problem():
+        raise ServerError(problem + see)
+    if listening_inodes(port) is None:
+        _log(f"warning: cannot check who listens on port {port} (no /proc/net/tcp)")
+    _warn_unblocked(server)
+    return watch
+
+
+def _start_training(
+    stack: ExitStack,
+    family: Family,
+    server: subprocess.Popen,
+    command: Sequence[str],
+    env: Mapping[str, str],
+    grace: float,
+) -> subprocess.Popen:
+    """Start: the training command in its own session (signals come from us, to every process
+    of its tree); the stack stops what is left of it (SIGTERM, SIGKILL after `grace`)."""
+    child = family.popen(
+        command,
+        env={**os.environ, **env},
+        start_new_session=True,
+        preexec_fn=preexec(signal.SIGTERM, block_sigterm=False),
+    )
+    stack.callback(_stop_leftovers, family, server, grace)
+    return child
+
+
+def _training_env(
+    host: str, base_url: str, group_port: int, devices: str, server_device: str
+) -> dict[str, str]:
+    """What the training command gets: its GPUs, the server's address, a no_proxy for it."""
+    return {
+        **local_no_proxy(os.environ, host),
+        "CUDA_VISIBLE_DEVICES": devices,
+        "AHA_GPU_DEVICES": f"{devices},{server_device}",  # the job's GPUs, for rank 0's GPU log
+        ENV_SERVER_URL: base_url,
+        ENV_GROUP_PORT: str(group_port),
+    }
+
+
 def _supervise(
     child: subprocess.Popen,
     server: subprocess.Popen,
     family: Family,
     got: list[int],
     watch: PortWatch,
-    *,
     grace: float,
     poll: float,
     check_every: float,
@@ -275,7 +305,7 @@ def run_with_server(
     server_grace: float = SERVER_GRACE_S,
     poll: float = 0.5,
     port_check_interval: float = 10.0,
-    port_hint: str = "rerun the job: it chooses other free ports",
+    port_hint: str = FREE_PORT_HINT,
 ) -> int:
     """Start the server (listening on `host`:`port`), wait for health, check that the port is
     its own, run `command`, always stop the server; the command's status.
@@ -290,50 +320,23 @@ def run_with_server(
     base_url = f"http://{host}:{port}"
     see = f"; see {server_log}" if server_log else ""
     got: list[int] = []  # the first signal
-    with ExitStack() as stack:  # unwinds in reverse: training, server, log, guard, signals
+    with ExitStack() as stack:  # teardown, in reverse: training, server, log, guard, signals
         _catch_signals(stack, got)
         family = Family()
         stack.callback(family.close)
-        log_file = _open_log(stack, server_log, server_command)
         _log(f"server on GPU {server_device}, training on GPU(s) {train_devices}")
         _log(f"ports: server {base_url}, weight-sync group {group_port}")
-        server = _start_server(stack, family, server_command, server_device, log_file)
-        stack.callback(_stop_server, family, server_grace)
+        server = _start_server(
+            stack, family, server_command, server_device, server_log, server_grace
+        )
         if not _wait_healthy(server, f"{base_url}/health", health_timeout, got, poll, see):
             _log(f"got {signal.Signals(got[0]).name} before training started")
             return 128 + got[0]
-        watch = PortWatch(server.pid, host, port, port_hint)
-        if problem := watch.problem():
-            raise ServerError(problem + see)
-        if listening_inodes(port) is None:
-            _log(f"warning: cannot check who listens on port {port} (no /proc/net/tcp)")
-        _warn_unblocked(server)
+        watch = _own_port(server, host, port, port_hint, see)
         _log(f"server healthy at {base_url}/health; starting: {shlex.join(command)}")
-        child = family.popen(
-            command,
-            env={
-                **os.environ,
-                **local_no_proxy(os.environ, host),
-                "CUDA_VISIBLE_DEVICES": train_devices,
-                # the job's GPUs, server's included, for the GPU log of rank 0
-                "AHA_GPU_DEVICES": f"{train_devices},{server_device}",
-                ENV_SERVER_URL: base_url,
-                ENV_GROUP_PORT: str(group_port),
-            },
-            start_new_session=True,  # signals come from us, to every process of its tree
-            preexec_fn=preexec(signal.SIGTERM, block_sigterm=False),
-        )
-        stack.callback(_stop_leftovers, family, server, grace)
-        return _supervise(
-            child,
-            server,
-            family,
-            got,
-            watch,
-            grace=grace,
-            poll=poll,
-            check_every=port_check_interval,
-        )
+        env = _training_env(host, base_url, group_port, train_devices, server_device)
+        child = _start_training(stack, family, server, command, env, grace)
+        return _supervise(child, server, family, got, watch, grace, poll, port_check_interval)
     raise AssertionError("unreachable")  # ExitStack does not swallow exceptions
 
 
@@ -347,14 +350,37 @@ def _stop_leftovers(family: Family, server: subprocess.Popen, grace: float) -> N
         stop_tree(left, signal.SIGTERM, grace)
 
 
-def _parser(prog: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Run a training command next to vLLM's `vllm serve` on the last GPU, bound "
-        "to 127.0.0.1 on ports chosen for this job; always stop the server afterwards. "
-        "Usage: %(prog)s --model M --gpus N [options] -- CMD...",
-    )
-    add = parser.add_argument
+DESCRIPTION = (
+    "Run a training command next to vLLM's `vllm serve` on the last GPU, bound to 127.0.0.1 on "
+    "ports chosen for this job; always stop the server afterwards. "
+    "Usage: %(prog)s --model M --gpus N [options] -- CMD..."
+)
+# The options that run_with_server takes as they are (argparse's names are its parameters').
+PASSED_ON = (
+    "gpus",
+    "host",
+    "server_log",
+    "health_timeout",
+    "grace",
+    "server_grace",
+    "port_check_interval",
+)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON mapping")
+    return value
+
+
+def _argv(value: Any) -> list[str]:
+    if not (isinstance(value, list) and value and all(isinstance(x, str) for x in value)):
+        raise ValueError("must be a JSON list of strings")
+    return value
+
+
+def _server_options(group: argparse._ArgumentGroup) -> None:
+    add = group.add_argument
     add("--model", required=True, help="model the server serves (Hub id or dir)")
     add(
         "--gpus",
@@ -369,13 +395,27 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         help="TRL's weight-sync group port, pinned by grpo.vllm_group_port (default: free)",
     )
     add("--host", default=HOST, help="address the server listens on (default %(default)s)")
-    add(
+    add_json(
+        group,
         "--server-args",
+        _mapping,
         default="{}",
         help="JSON mapping of extra `vllm serve` options (the run's vllm_server), e.g. "
         '\'{"gpu_memory_utilization": 0.5, "max_model_len": 2048}\'',
     )
     add("--server-log", help="file for the server's output (default: this process's stderr)")
+    add_json(
+        group,
+        "--server-command",
+        _argv,
+        required=False,
+        help="JSON list replacing `python -m vllm.entrypoints.cli.main serve` (tests use a "
+        "stand-in server); MODEL, --host, --port and the server flags are appended",
+    )
+
+
+def _timing_options(group: argparse._ArgumentGroup) -> None:
+    add = group.add_argument
     add(
         "--health-timeout",
         type=float,
@@ -402,55 +442,44 @@ def _parser(prog: str) -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between checks that only the server listens on its port (default 10)",
     )
-    add(
-        "--server-command",
-        help="JSON list replacing `python -m vllm.entrypoints.cli.main serve` (tests use a "
-        "stand-in server); MODEL, --host, --port and the server flags are appended",
-    )
-    return parser
 
 
-def cli_with_vllm_server(argv: list[str], prog: str) -> None:
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = parser(prog, DESCRIPTION)
+    _server_options(p.add_argument_group("the server"))
+    _timing_options(p.add_argument_group("timing (seconds)"))
+    return p
+
+
+def _server_argv(args: argparse.Namespace, port: int) -> list[str]:
+    """`vllm serve` as TRL runs it, or --server-command's stand-in with the same arguments."""
+    argv = server_command(args.model, port=port, options=args.server_args, host=args.host)
+    if args.server_command:
+        argv = [*args.server_command, *argv[argv.index("serve") + 1 :]]
+    return argv
+
+
+def cli(argv: list[str], prog: str) -> None:
     cut = argv.index("--") if "--" in argv else len(argv)
-    parser = _parser(prog)
-    args = parser.parse_args(argv[:cut])
+    p = _parser(prog)
+    args = p.parse_args(argv[:cut])
     command = argv[cut + 1 :]
     if not command:
-        parser.error("no training command: put it after `--`")
-    try:
-        options = json.loads(args.server_args)
-    except json.JSONDecodeError as err:
-        parser.error(f"--server-args: not JSON ({err})")
-    if not isinstance(options, dict):
-        parser.error("--server-args: must be a JSON mapping")
-    pinned = args.port is not None
-    try:
+        p.error("no training command: put it after `--`")
+    with failing_as(prog, LaunchError, ServerError, PortError):
         ports = reserve_ports(
             {"grpo.vllm_server_port": args.port, "grpo.vllm_group_port": args.group_port}
         )
-        port, group = ports["grpo.vllm_server_port"], ports["grpo.vllm_group_port"]
-        server = server_command(args.model, port=port, options=options, host=args.host)
-        if args.server_command:
-            base = json.loads(args.server_command)
-            server = [*base, *server[server.index("serve") + 1 :]]
+        port = ports["grpo.vllm_server_port"]
         status = run_with_server(
             command,
-            server,
-            gpus=args.gpus,
+            _server_argv(args, port),
             port=port,
-            group_port=group,
-            host=args.host,
-            server_log=args.server_log,
-            health_timeout=args.health_timeout,
-            grace=args.grace,
-            server_grace=args.server_grace,
-            port_check_interval=args.port_check_interval,
-            port_hint=(
-                "remove grpo.vllm_server_port so that each job chooses a free port"
-                if pinned
-                else "rerun the job: it chooses other free ports"
-            ),
+            group_port=ports["grpo.vllm_group_port"],
+            port_hint=PINNED_PORT_HINT if args.port is not None else FREE_PORT_HINT,
+            **{name: getattr(args, name) for name in PASSED_ON},
         )
-    except (LaunchError, ServerError, PortError) as err:
-        sys.exit(f"{prog}: {err}")
     sys.exit(status)
+
+
+cli_with_vllm_server = cli  # the name tests and older callers import

@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aha.report.inputs import RunInfo, describe_missing, missing_scores, run_order
 from aha.report.style import (
-    configured_steps,
+    RunStyle,
     fit_share_axis,
     footnote,
+    footnote_missing,
     legend_below,
     note,
-    palette,
     percent,
     pyplot,
+    run_lines,
     steps_axis,
 )
 from aha.task.audit import CATEGORIES
@@ -92,7 +93,6 @@ def plot_groups(
 ) -> Figure:
     """Success per group (`key`: "pattern" or "size") vs step, one panel per group, seeds
     pooled: a rise confined to one group is a shortcut or a change of mix, not skill."""
-    import seaborn as sns
 
     title = f"Success by {label}"
     if table.empty or key not in table:
@@ -101,9 +101,7 @@ def plot_groups(
     if pooled.empty:
         return _empty_figure(title, f"no scored completion in {source} yet")
     plt = pyplot()
-    order = run_order(pooled, runs)
-    colours = palette(order)
-    ticks = configured_steps(pooled, runs)
+    style = RunStyle.of(pooled, runs)
     counts = pooled.groupby(key)["n"].sum().sort_values(ascending=False, kind="stable")
     shown = list(counts.index[:MAX_GROUP_PANELS])
     if key == "size":
@@ -119,27 +117,9 @@ def plot_groups(
         sharey=True,
     )
     for ax, group in zip(axes.flat, shown, strict=False):
-        data = pooled[pooled[key] == group]
-        sns.lineplot(
-            data=data,
-            x="step",
-            y="success_rate",
-            hue="run",
-            hue_order=[r for r in order if r in set(data["run"])],
-            palette=colours,
-            marker="o",
-            errorbar=None,
-            ax=ax,
-        )
-        for run, part in data.groupby("run", sort=False):
-            ax.vlines(part["step"], part["success_lo"], part["success_hi"], color=colours[run])
         name = f"{group} numbers" if key == "size" else f"pattern {group}"
+        _group_panel(ax, pooled[pooled[key] == group], style)
         ax.set_title(f"{name} (n = {int(counts[group])})")
-        ax.set_ylim(-0.02, 1.02)
-        ax.yaxis.set_major_formatter(percent())
-        steps_axis(ax, ticks)
-        ax.set_xlabel("step")
-        ax.set_ylabel("success rate")
     for ax in list(axes.flat)[len(shown) :]:
         ax.set_visible(False)
     legend_below(fig, list(axes.flat))
@@ -150,6 +130,18 @@ def plot_groups(
         f"{title} (seeds pooled, 95% Wilson intervals; n = completions of all runs and steps)"
     )
     return fig
+
+
+def _group_panel(ax: Axes, data: pd.DataFrame, style: RunStyle) -> None:
+    """One group's pooled success vs step per run, its Wilson intervals as bars, 0-100%."""
+    run_lines(ax, data, "success_rate", style)
+    for run, part in data.groupby("run", sort=False):
+        ax.vlines(part["step"], part["success_lo"], part["success_hi"], color=style.colours[run])
+    ax.set_ylim(-0.02, 1.02)
+    ax.yaxis.set_major_formatter(percent())
+    steps_axis(ax, style.ticks)
+    ax.set_xlabel("step")
+    ax.set_ylabel("success rate")
 
 
 def plot_pass_at_k(curves: pd.DataFrame, runs: Mapping[str, RunInfo]) -> Figure:
@@ -188,22 +180,16 @@ def plot_pass_at_k(curves: pd.DataFrame, runs: Mapping[str, RunInfo]) -> Figure:
     return fig
 
 
-def length_panel(
-    ax: Axes,
-    summary: pd.DataFrame,
-    order: Sequence[str],
-    colours: Mapping[str, Any],
-    ticks: Sequence[int],
-) -> bool:
+def length_panel(ax: Axes, summary: pd.DataFrame, style: RunStyle) -> bool:
     """Mean tokens of correct (solid) and incorrect (dashed) completions vs step per run, mean
     over seeds: longer failures that hit the limit are not longer reasoning."""
     columns = ("tokens_mean_correct", "tokens_mean_incorrect")
     if summary.empty or not set(columns) <= set(summary.columns):
-        steps_axis(ax, ticks)
+        steps_axis(ax, style.ticks)
         note(ax, "no length by outcome in summary.tsv yet")
         return False
-    styles = [(columns[0], "-", "correct"), (columns[1], "--", "incorrect")]
-    return _mean_lines(ax, summary, styles, order, colours, ticks)
+    lines = [(columns[0], "-", "correct"), (columns[1], "--", "incorrect")]
+    return _mean_lines(ax, summary, lines, style)
 
 
 def plot_reflection(
@@ -212,16 +198,14 @@ def plot_reflection(
     """DeepSeek-R1's reflection words per completion, the share that reflects, success with vs
     without reflection, and each word's rate per step (first run, mean over seeds)."""
     plt = pyplot()
-    order = run_order(summary, runs)
-    colours = palette(order)
-    ticks = configured_steps(summary, runs)
+    style = RunStyle.of(summary, runs)
     fig, axes = plt.subplots(1, 4, figsize=(21, 4.6), layout="constrained")
     panels = (
         ("reflection_words_mean", "Reflection words per completion", "words (mean)"),
         ("reflection_share", "Completions with any reflection word", "share of completions"),
     )
     for ax, (column, title, ylabel) in zip(axes, panels, strict=False):
-        _mean_lines(ax, summary, [(column, "-", "")], order, colours, ticks)
+        _mean_lines(ax, summary, [(column, "-", "")], style)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
     axes[0].set_ylim(bottom=0)
@@ -230,15 +214,15 @@ def plot_reflection(
         ("success_with_reflection", "-", "with"),
         ("success_without_reflection", ":", "without"),
     ]
-    _mean_lines(axes[2], summary, pair, order, colours, ticks)
+    _mean_lines(axes[2], summary, pair, style)
     axes[2].set_title("Success with (solid) vs without (dotted) reflection")
     axes[2].set_ylabel("success rate")
     axes[2].yaxis.set_major_formatter(percent())
     for ax in axes[1:3]:
         fit_share_axis(ax)
-    _word_heatmap(axes[3], words, order)
+    _word_heatmap(axes[3], words, style.order)
     legend_below(fig, list(axes[:3]))
-    footnote(fig, describe_missing(missing_scores(summary, runs), runs))
+    footnote_missing(fig, summary, runs)
     fig.suptitle("Reflection words in the thinking (wait, mistake, however, but, retry, ...)")
     return fig
 
@@ -247,15 +231,13 @@ def _mean_lines(
     ax: Axes,
     summary: pd.DataFrame,
     columns: Sequence[tuple[str, str, str]],
-    order: Sequence[str],
-    colours: Mapping[str, Any],
-    ticks: Sequence[int],
+    style: RunStyle,
 ) -> bool:
     """Each (column, linestyle, label suffix) vs step per run, the mean over seeds; False (and
     a note) when nothing is drawn."""
-    steps_axis(ax, ticks)
+    steps_axis(ax, style.ticks)
     drawn = False
-    for run in [r for r in order if r in set(summary.get("run", []))]:
+    for run in style.drawn(summary.get("run", [])):
         part = summary[summary["run"] == run]
         for column, ls, what in columns:
             if column not in part:
@@ -263,12 +245,12 @@ def _mean_lines(
             line = part.dropna(subset=[column]).groupby("step")[column].mean()
             if len(line):
                 label = f"{run}: {what}" if what else run
-                ax.plot(line.index, line.values, ls=ls, marker="o", color=colours[run],
+                ax.plot(line.index, line.values, ls=ls, marker="o", color=style.colours[run],
                         label=label)  # fmt: skip
                 drawn = True
     if not drawn:
         note(ax, "no scored checkpoint yet")
-    steps_axis(ax, ticks)
+    steps_axis(ax, style.ticks)
     return drawn
 
 
@@ -301,24 +283,22 @@ def plot_audit(audit: pd.DataFrame, runs: Mapping[str, RunInfo]) -> Figure:
     plt = pyplot()
     pooled = data.groupby(["run", "step", "category"], as_index=False)[["count", "n"]].sum()
     pooled["share"] = pooled["count"] / pooled["n"]
-    order = run_order(pooled, runs)
-    colours = palette(order)
-    ticks = configured_steps(pooled, runs)
+    style = RunStyle.of(pooled, runs)
     ncols = 4
     fig, axes = plt.subplots(
         math.ceil(len(AUDIT_PANELS) / ncols), ncols, figsize=(18, 7.4), layout="constrained"
     )
     for ax, category in zip(axes.flat, AUDIT_PANELS, strict=True):
         part = pooled[pooled["category"] == category]
-        for run in [r for r in order if r in set(part["run"])]:
+        for run in style.drawn(part):
             line = part[part["run"] == run].sort_values("step")
-            ax.plot(line["step"], line["share"], marker="o", color=colours[run], label=run)
-        steps_axis(ax, ticks)
+            ax.plot(line["step"], line["share"], marker="o", color=style.colours[run], label=run)
+        steps_axis(ax, style.ticks)
         ax.yaxis.set_major_formatter(percent())
         fit_share_axis(ax)
         ax.set_title(AUDIT_TITLES[category])
         ax.set_ylabel("share of completions")
     legend_below(fig, list(axes.flat))
-    footnote(fig, describe_missing(missing_scores(pooled, runs), runs))
+    footnote_missing(fig, pooled, runs)
     fig.suptitle(f"{title} (seeds pooled; an answer may be in several categories)")
     return fig

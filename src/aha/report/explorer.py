@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from aha.report.inputs import RunInfo, SamplesKey, read_samples, seed_label
-from aha.stages.tables import esc, page
+from aha.report.pages import esc, page
 from aha.task import behaviours, metrics, rewards
 
 MAX_TEXT_CHARS = 6000  # per completion shown; longer text is cut with a note

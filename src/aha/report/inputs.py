@@ -1,4 +1,5 @@
-"""What the report stages (`plots`, `tables`) read: runs, options, summary, logs and samples.
+"""What the report stages (`plots`, `tables`, `compute`) read: runs, options, summary, logs and
+samples; and what the report rules pass them, built from the validated config.
 
 Every path comes from the command line (the rules in workflow/rules/report.smk own them), and
 a missing or damaged input reads as "nothing yet" rather than an error: a partial run still
@@ -9,7 +10,6 @@ table is read, matplotlib and seaborn never.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import formats
+from aha.cli import json_arg
+from aha.config import validate_section
+from aha.run import Run, run_seeds
+from aha.sections import build
 from aha.task import metrics
 
 if TYPE_CHECKING:
@@ -48,11 +52,41 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class ReportOptions:
-    """The `report` config section."""
+    """The `report` config section; its defaults are the schema's (`report_options`)."""
 
-    examples_per_checkpoint: int = 3
-    seed_reference: bool = True
-    explorer_per_checkpoint: int = 10
+    examples_per_checkpoint: int
+    seed_reference: bool
+    explorer_per_checkpoint: int
+
+
+def report_options(raw: Mapping[str, Any] | None) -> ReportOptions:
+    """The `report` section, checked against the schema and completed with its defaults, as
+    the rules pass it or as given by hand; ConfigError (a ValueError) names a bad key."""
+    return build(ReportOptions, validate_section(("report",), dict(raw or {})), "report")
+
+
+def runs_from(raw: Any) -> dict[str, RunInfo]:
+    """`{"run": {"steps": [0, 50], "seeds": [42], "model": {"source": "hub", "name_or_path":
+    "..."}}}` (the --runs value, `runs_argument`); `seeds` is optional."""
+    if not isinstance(raw, dict):
+        raise ValueError("--runs: expected a JSON object {run: {steps, model}}")
+    runs = {}
+    for name, spec in raw.items():
+        model = spec.get("model") or {}
+        runs[name] = RunInfo(
+            name,
+            tuple(int(s) for s in spec.get("steps", [0])),
+            str(model.get("source", "")),
+            str(model.get("name_or_path", "")),
+            tuple(int(s) for s in spec.get("seeds", ())),
+        )
+    return runs
+
+
+def draws_seed_reference(runs: Mapping[str, RunInfo], options: ReportOptions) -> bool:
+    """Whether the success figure draws the seed's reported points: the option is on and some
+    run is a Qwen Hub model, the only kind they are a fair reference for."""
+    return options.seed_reference and any(run.seed_comparable for run in runs.values())
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -61,42 +95,47 @@ class ReportOptions:
 def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     """The inputs both report stages read: summary, runs and their steps, report options."""
     parser.add_argument("--summary", type=Path, required=True, help="results/summary.tsv")
+    add_runs_argument(parser)
+    parser.add_argument(
+        "--report",
+        type=json_arg(report_options),
+        default="{}",
+        help="the report config section as JSON; absent keys take the schema's defaults",
+    )
+
+
+def add_runs_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runs",
+        type=json_arg(runs_from),
         required=True,
         help='JSON {run: {"steps": [0, ...], "seeds": [42, ...], "model": {"source", '
-        '"name_or_path"}}}',
+        '"name_or_path"}}}: the configured runs, their order and colours',
     )
-    parser.add_argument("--report", default="{}", help="the report config section as JSON")
 
 
-def parse_runs(text: str) -> dict[str, RunInfo]:
-    """`{"run": {"steps": [0, 50], "seeds": [42], "model": {"source": "hub", "name_or_path":
-    "..."}}}`; `seeds` is optional."""
-    raw = json.loads(text)
-    if not isinstance(raw, dict):
-        raise ValueError("--runs: expected a JSON object {run: {steps, model}}")
-    runs = {}
-    for name, spec in raw.items():
-        model = spec.get("model") or {}
-        run_steps = tuple(int(s) for s in spec.get("steps", [0]))
-        runs[name] = RunInfo(
-            name,
-            run_steps,
-            str(model.get("source", "")),
-            str(model.get("name_or_path", "")),
-            tuple(int(s) for s in spec.get("seeds", ())),
-        )
-    return runs
-
-
-def parse_options(text: str) -> ReportOptions:
-    raw = json.loads(text) if text else {}
-    return ReportOptions(
-        examples_per_checkpoint=int(raw.get("examples_per_checkpoint", 3)),
-        seed_reference=bool(raw.get("seed_reference", True)),
-        explorer_per_checkpoint=int(raw.get("explorer_per_checkpoint", 10)),
+def add_train_log_argument(parser: argparse.ArgumentParser) -> None:
+    """`--train-log RUN SEED PATH`, once per replicate (`paths_by_run_step` reads them)."""
+    parser.add_argument(
+        "--train-log",
+        nargs=3,
+        action="append",
+        metavar=("RUN", "SEED", "PATH"),
+        help="a replicate's TRL log history (train_log.jsonl), read when present; once per seed",
     )
+
+
+def _known(flag: str, run: str, runs: Mapping[str, RunInfo]) -> None:
+    """A per-run entry of a run --runs lacks is refused: it would be silently left off."""
+    if run not in runs:
+        raise ValueError(f"{flag} {run}: not a run of --runs (have: {', '.join(runs)})")
+
+
+def _integer(text: str, entry: str, what: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"{entry}: the {what} is not an integer") from None
 
 
 def paths_by_run(
@@ -108,8 +147,7 @@ def paths_by_run(
     """
     out: dict[str, Path] = {}
     for run, path in pairs or []:
-        if run not in runs:
-            raise ValueError(f"{flag} {run}: not a run of --runs (have: {', '.join(runs)})")
+        _known(flag, run, runs)
         if run in out:
             raise ValueError(f"{flag} {run}: given twice")
         out[run] = Path(path)
@@ -126,12 +164,8 @@ def paths_by_run_step(
     (`--train-log`, `what="seed"`) or a step."""
     out: dict[str, dict[int, Path]] = {}
     for run, text, path in triples or []:
-        if run not in runs:
-            raise ValueError(f"{flag} {run}: not a run of --runs (have: {', '.join(runs)})")
-        try:
-            number = int(text)
-        except ValueError:
-            raise ValueError(f"{flag} {run} {text}: the {what} is not an integer") from None
+        _known(flag, run, runs)
+        number = _integer(text, f"{flag} {run} {text}", what)
         if number in out.setdefault(run, {}):
             raise ValueError(f"{flag} {run} {number}: given twice")
         out[run][number] = Path(path)
@@ -156,12 +190,8 @@ def samples_by_run(
     out: dict[str, dict[SamplesKey, Path]] = {}
     for run, seed_text, step_text, path in rows or []:
         entry = f"{flag} {run} {seed_text} {step_text}"
-        if run not in runs:
-            raise ValueError(f"{flag} {run}: not a run of --runs (have: {', '.join(runs)})")
-        try:
-            step = int(step_text)
-        except ValueError:
-            raise ValueError(f"{entry}: the step is not an integer") from None
+        _known(flag, run, runs)
+        step = _integer(step_text, entry, "step")
         if step not in runs[run].steps:
             have = ", ".join(map(str, runs[run].steps))
             raise ValueError(f"{entry}: step {step} is not a step of {run} (steps: {have})")
@@ -188,22 +218,56 @@ def seed_label(seed: int | None) -> str:
     return BASE if seed is None else str(seed)
 
 
+# ----------------------------------------------------------------------------- rule side
+
+
+def _runs(config: Mapping[str, Any]) -> Iterable[tuple[str, dict[str, Any], list[int], list[int]]]:
+    """(run, effective model, steps, seeds) of each configured run: the one place the report
+    reads a run's effective settings from the validated config."""
+    for name in config["runs"]:
+        run = Run.build(dict(config), name)
+        yield name, dict(run.model), [0, *run.checkpoints], run_seeds(dict(config), name)
+
+
 def runs_argument(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The --runs value (`parse_runs` reads it): each run's steps (0 + checkpoints) and model.
-
-    Built by the rules from the validated config, so both stages see the configured runs.
-    """
-    from aha.config import run_seeds, run_view, steps
-
-    out = {}
-    for run in config["runs"]:
-        model = run_view(dict(config), run)["model"]
-        out[run] = {
-            "steps": steps(dict(config), run),
-            "seeds": run_seeds(dict(config), run),
+    """The --runs value (`runs_from` reads it): each run's steps (0 + checkpoints), seeds and
+    model. Built by the rules from the validated config, so every stage sees the configured
+    runs."""
+    return {
+        run: {
+            "steps": run_steps,
+            "seeds": seeds,
             "model": {k: model.get(k) for k in ("source", "name_or_path")},
         }
-    return out
+        for run, model, run_steps, seeds in _runs(config)
+    }
+
+
+def steps_and_seeds(config: Mapping[str, Any]) -> dict[str, tuple[list[int], list[int]]]:
+    """{run: (steps, seeds)}: each run's steps (0 + checkpoints) and replicate seeds, in config
+    order; the rules spell each replicate's and checkpoint's files from them."""
+    return {run: (run_steps, seeds) for run, _, run_steps, seeds in _runs(config)}
+
+
+def runs_overview(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each run as the report's front page (workflow/report/workflow.rst) lists it: name,
+    mode, effective model, checkpoints and its `grpo` section, in config order."""
+    return [
+        {
+            "name": run,
+            "mode": config["runs"][run]["mode"],
+            "model": {k: model.get(k) for k in ("source", "name_or_path")},
+            "checkpoints": [step for step in run_steps if step],
+            "grpo": dict(config["runs"][run].get("grpo") or {}),
+        }
+        for run, model, run_steps, _ in _runs(config)
+    ]
+
+
+def seed_reference_drawn(config: Mapping[str, Any]) -> bool:
+    """`draws_seed_reference` for the configured runs: what the success figure's caption says."""
+    runs = runs_from(runs_argument(config))
+    return draws_seed_reference(runs, report_options(config["report"]))
 
 
 def repeated(option: str, rows: Iterable[Sequence[Any]]) -> str:

@@ -8,10 +8,11 @@ Matplotlib and seaborn are imported inside the functions: building the DAG never
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha.report.inputs import RunInfo
+from aha.report.inputs import RunInfo, describe_missing, missing_scores, run_order
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +41,27 @@ def palette(order: Sequence[str]) -> dict[str, Any]:
     return dict(zip(order, sns.color_palette("colorblind", max(len(order), 1)), strict=False))
 
 
+@dataclass(frozen=True)
+class RunStyle:
+    """How every panel of one figure draws its runs: in this order (configured runs first),
+    one colour each (the same run, the same colour in every figure), on these step ticks."""
+
+    order: Sequence[str]
+    colours: Mapping[str, Any]
+    ticks: Sequence[int]
+
+    @classmethod
+    def of(cls, data: pd.DataFrame, runs: Mapping[str, RunInfo]) -> RunStyle:
+        """The style of a figure of `data` (a table with run and step columns)."""
+        order = run_order(data, runs)
+        return cls(order, palette(order), configured_steps(data, runs))
+
+    def drawn(self, data: Any) -> list[str]:
+        """The runs of `data` (a table, or its run column), in this order."""
+        present = set(data["run"] if hasattr(data, "columns") else data)
+        return [run for run in self.order if run in present]
+
+
 def note(ax: Axes, text: str) -> None:
     ax.text(
         0.5,
@@ -61,6 +83,11 @@ def footnote(fig: Figure, text: str) -> None:
         fig.supxlabel(text, fontsize=9, color="#9a6700")
 
 
+def footnote_missing(fig: Figure, data: pd.DataFrame, runs: Mapping[str, RunInfo]) -> None:
+    """The footnote naming the configured (run, step, seed) that `data` has no scores of."""
+    footnote(fig, describe_missing(missing_scores(data, runs), runs))
+
+
 def configured_steps(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> list[int]:
     """Every configured step and every scored one: the x ticks, so a missing step shows a gap."""
     return sorted({s for r in runs.values() for s in r.steps} | set(summary["step"].astype(int)))
@@ -76,22 +103,11 @@ def steps_axis(ax: Axes, steps: Iterable[int]) -> None:
 
 
 def metric_panel(
-    ax: Axes,
-    summary: pd.DataFrame,
-    column: str,
-    order: Sequence[str],
-    colours: Mapping[str, Any],
-    share: bool,
-    ticks: Sequence[int],
-    band: tuple[str, str] | None = None,
+    ax: Axes, summary: pd.DataFrame, column: str, style: RunStyle, share: bool
 ) -> bool:
-    """`column` vs step, one line per run; an interval band when `band` names lo/hi columns.
-
-    False (and a note on the panel) when there is nothing to draw.
-    """
-    import seaborn as sns
-
-    steps_axis(ax, ticks)
+    """`column` vs step, one line per run. False (and a note on the panel) when there is
+    nothing to draw."""
+    steps_axis(ax, style.ticks)
     if share:
         ax.set_ylim(-0.02, 1.02)
         ax.yaxis.set_major_formatter(percent())
@@ -105,27 +121,26 @@ def metric_panel(
     if data.empty:
         note(ax, "no scored checkpoint yet")
         return False
-    hue_order = [r for r in order if r in set(data["run"])]
+    run_lines(ax, data, column, style)
+    steps_axis(ax, style.ticks)  # seaborn may have autoscaled
+    return True
+
+
+def run_lines(ax: Axes, data: pd.DataFrame, column: str, style: RunStyle) -> None:
+    """`column` vs step, one line with markers per run of `data`, in the style's colours."""
+    import seaborn as sns
+
     sns.lineplot(
         data=data,
         x="step",
         y=column,
         hue="run",
-        hue_order=hue_order,
-        palette=colours,
+        hue_order=style.drawn(data),
+        palette=style.colours,
         marker="o",
         errorbar=None,
         ax=ax,
     )
-    if band and set(band) <= set(data.columns):
-        for run, part in data.groupby("run", sort=False):
-            part = part.dropna(subset=list(band)).sort_values("step")
-            ax.fill_between(
-                part["step"], part[band[0]], part[band[1]], color=colours[run], alpha=0.18, lw=0
-            )
-            ax.vlines(part["step"], part[band[0]], part[band[1]], color=colours[run], lw=1.2)
-    steps_axis(ax, ticks)  # seaborn may have autoscaled
-    return True
 
 
 def fit_share_axis(ax: Axes) -> None:

@@ -10,18 +10,19 @@ of their own, one row per (run, seed, step, key), which the figures draw.
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aha.formats import SUMMARY_COLUMNS
-from aha.task import metrics
+from aha.cli import failing_as, parser, setup_logging
+from aha.formats import SUMMARY_COLUMNS, across_seeds
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 INT_COLUMNS = ("seed", "step", "n_prompts", "n_completions", "k")
 BY_PATTERN_COLUMNS = (
@@ -109,94 +110,32 @@ def details(records: Sequence[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     return tables
 
 
-ACROSS_SEEDS_COLUMNS = (
-    "run",
-    "step",
-    "seeds",
-    "n_seeds",
-    "success_mean",
-    "success_t_lo",
-    "success_t_hi",
-    "n_completions",
-    "successes",
-    "success_pooled",
-    "success_pooled_lo",
-    "success_pooled_hi",
-)
-BASELINE = "base"  # the `seeds` of a step-0 row: one sample of the untrained model, every seed's
-
-
-def across_seeds(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run, step) of a summary: ACROSS_SEEDS_COLUMNS.
-
-    `success_mean` is the mean of the seeds' success rates with its 95% Student t interval over
-    seeds (`success_t_lo/hi`, NA with one seed): how much another training seed would move the
-    result. `success_pooled` and its Wilson interval count all completions of all seeds as one
-    sample (sampling error only). A step-0 row is the run's shared baseline (`seeds` "base",
-    `n_seeds` 1): the untrained model is sampled once and is every seed's step 0. Rows without a
-    success rate (an empty samples file) are left out.
-    """
-    import pandas as pd
-
-    rows = []
-    data = summary.dropna(subset=["success_rate", "n_completions"])
-    for (run, step), part in data.groupby(["run", "step"], sort=True):
-        seeds = part["seed"].dropna().astype(int).tolist() if "seed" in part else []
-        rates = [float(r) for r in part["success_rate"]]
-        counts = [
-            (round(float(rate) * int(n)), int(n))
-            for rate, n in zip(part["success_rate"], part["n_completions"], strict=True)
-        ]
-        mean, t_lo, t_hi = metrics.mean_t_interval(rates)
-        pooled, lo, hi = metrics.pooled_wilson(counts)
-        rows.append(
-            {
-                "run": run,
-                "step": int(step),
-                "seeds": ",".join(map(str, sorted(seeds))) if seeds else BASELINE,
-                "n_seeds": len(rates),
-                "success_mean": mean,
-                "success_t_lo": None if math.isnan(t_lo) else t_lo,
-                "success_t_hi": None if math.isnan(t_hi) else t_hi,
-                "n_completions": sum(n for _, n in counts),
-                "successes": sum(s for s, _ in counts),
-                "success_pooled": pooled,
-                "success_pooled_lo": lo,
-                "success_pooled_hi": hi,
-            }
-        )
-    out = pd.DataFrame(rows, columns=list(ACROSS_SEEDS_COLUMNS))
-    return out.astype(
-        {"run": "string", "step": "Int64", "n_seeds": "Int64", "n_completions": "Int64"}
-        | {"successes": "Int64", "success_t_lo": "Float64", "success_t_hi": "Float64"}
-    )
-
-
 def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Collect score JSON files into one TSV row per (run, seed, step)."
-    )
-    parser.add_argument("--scores", type=Path, nargs="+", required=True, help="scores JSON files")
-    parser.add_argument("--out", type=Path, required=True, help="summary TSV (results/summary.tsv)")
-    parser.add_argument(
+    p = parser(prog, __doc__)
+    p.add_argument("--scores", type=Path, nargs="+", required=True, help="scores JSON files")
+    p.add_argument("--out", type=Path, required=True, help="summary TSV (results/summary.tsv)")
+    p.add_argument(
         "--by-pattern-out",
         type=Path,
         help="optional long TSV: run, seed, step, pattern, n, successes, success_rate/lo/hi",
     )
-    parser.add_argument(
+    p.add_argument(
         "--across-seeds-out",
         type=Path,
         help="optional TSV, one row per (run, step): mean over seeds with its t interval, pooled",
     )
     for name, (field, key, _) in DETAILS.items():
-        parser.add_argument(
+        p.add_argument(
             f"--{name.replace('_', '-')}-out",
             type=Path,
             help=f"optional long TSV: run, seed, step, {key}, ... (the scores' {field})",
         )
-    args = parser.parse_args(argv)
-    records = [json.loads(p.read_text(encoding="utf-8")) for p in args.scores]
-    summary, by_pattern = aggregate(records)
+    args = p.parse_args(argv)
+    setup_logging()
+    # an unreadable scores file, or one (run, seed, step) scored twice: one line
+    with failing_as(prog, OSError, ValueError):
+        records = [json.loads(path.read_text(encoding="utf-8")) for path in args.scores]
+        summary, by_pattern = aggregate(records)
     tables = {
         args.out: summary,
         args.by_pattern_out: by_pattern,
@@ -208,3 +147,4 @@ def cli(argv: list[str], prog: str) -> None:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(path, sep="\t", index=False, na_rep="NA")
+    log.info("%d scores records: %d summary rows", len(records), len(summary))

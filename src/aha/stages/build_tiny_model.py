@@ -16,7 +16,6 @@ most of the warm start's and GRPO's compute.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -24,6 +23,7 @@ import re
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,8 @@ from transformers import (
 )
 
 from aha import formats
-from aha.config import ConfigError
+from aha.cli import add_json, failing_as, parser, setup_logging
+from aha.formats import DataSourceError
 from aha.sections import TinySpec, WarmStart, section
 from aha.task import prompts, rewards
 from aha.tiny import artifact as tiny_artifact
@@ -345,11 +346,22 @@ def make_traces(tasks: pd.DataFrame, ws: WarmStart, seed: int) -> list[traces.Tr
     return out
 
 
-def build(spec: TinySpec, train_path: Path, seed: int, out_dir: Path) -> dict[str, Any]:
-    """Tokenizer + model + warm start + quick sampled evaluation, all written to `out_dir`."""
-    t0 = time.perf_counter()
-    random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass(frozen=True)
+class WarmStartData:
+    """The warm start's inputs: traces, the tokenizer trained on them, their encoded examples,
+    and the held-out tasks of the quick evaluation."""
+
+    all_traces: list[traces.Trace]
+    tokenizer: PreTrainedTokenizerFast
+    examples: list[Example]
+    eval_tasks: pd.DataFrame
+
+    def completion_tokens_mean(self) -> float:
+        return sum(len(e.ids) - e.prompt_len for e in self.examples) / len(self.examples)
+
+
+def warm_start_data(spec: TinySpec, train_path: Path, seed: int) -> WarmStartData:
+    """Held-out tasks apart, traces of the others, a tokenizer trained on them, the examples."""
     ws = spec.warm_start
     trace_tasks, eval_tasks = split_tasks(formats.read_split(train_path), ws.eval_tasks, seed)
     all_traces = make_traces(trace_tasks, ws, seed)
@@ -361,97 +373,112 @@ def build(spec: TinySpec, train_path: Path, seed: int, out_dir: Path) -> dict[st
     examples = [
         encode(tokenizer, p, t.completion) for p, t in zip(prompt_texts, all_traces, strict=True)
     ]
-    t_data = time.perf_counter()
-    log.info(
-        "%d traces, vocabulary %d, prompt %d tokens, completion mean %.1f tokens (%.1fs)",
-        len(examples),
-        len(tokenizer),
-        examples[0].prompt_len,
-        sum(len(e.ids) - e.prompt_len for e in examples) / len(examples),
-        t_data - t0,
-    )
-    model = build_model(spec, tokenizer, seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("Qwen2ForCausalLM with %d parameters", n_params)
-    losses = supervised(model, examples, ws, seed, tokenizer.pad_token_id)
-    t_train = time.perf_counter()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir)
-    save_tokenizer(tokenizer, out_dir)
-    evaluation = sample_eval(model, tokenizer, eval_tasks, seed)
-    t_eval = time.perf_counter()
+    return WarmStartData(all_traces, tokenizer, examples, eval_tasks)
+
+
+def _report(
+    spec: TinySpec,
+    train_path: Path,
+    seed: int,
+    data: WarmStartData,
+    num_parameters: int,
+    losses: Sequence[float],
+    evaluation: dict[str, Any],
+    wall_seconds: dict[str, float],
+) -> dict[str, Any]:
+    """warm_start.json: the recipe, the data, the losses, the time it took and the evaluation."""
     tail = losses[-max(1, min(20, len(losses) // 4)) :]
-    report = {
+    return {
         "seed": seed,
         "spec": asdict(spec),
         "train_sha256": tiny_artifact.sha256_file(train_path),
-        "num_parameters": n_params,
-        "vocab_size": len(tokenizer),
-        "prompt_tokens": examples[0].prompt_len,
-        "completion_tokens_mean": sum(len(e.ids) - e.prompt_len for e in examples) / len(examples),
-        "traces": traces.summary(all_traces),
+        "num_parameters": num_parameters,
+        "vocab_size": len(data.tokenizer),
+        "prompt_tokens": data.examples[0].prompt_len,
+        "completion_tokens_mean": data.completion_tokens_mean(),
+        "traces": traces.summary(data.all_traces),
         "steps": len(losses),
         "final_loss": sum(tail) / len(tail),
         "losses": [round(x, 4) for x in losses],
-        "wall_seconds": {
-            "data_and_tokenizer": round(t_data - t0, 1),
-            "train": round(t_train - t_data, 1),
-            "eval": round(t_eval - t_train, 1),
-            "total": round(t_eval - t0, 1),
-        },
+        "wall_seconds": wall_seconds,
         "torch_threads": torch.get_num_threads(),
         "cpu": tiny_artifact.cpu_model(),
         "cpu_kind": tiny_artifact.cpu_kind(),
         "eval": evaluation,
     }
-    (out_dir / "warm_start.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def build(spec: TinySpec, train_path: Path, seed: int, out_dir: Path) -> dict[str, Any]:
+    """Tokenizer + model + warm start + quick sampled evaluation, all written to `out_dir`."""
+    t0 = time.perf_counter()
+    random.seed(seed)
+    torch.manual_seed(seed)
+    data = warm_start_data(spec, train_path, seed)
+    t_data = time.perf_counter()
+    log.info(
+        "%d traces, vocabulary %d, prompt %d tokens, completion mean %.1f tokens (%.1fs)",
+        len(data.examples),
+        len(data.tokenizer),
+        data.examples[0].prompt_len,
+        data.completion_tokens_mean(),
+        t_data - t0,
+    )
+    model = build_model(spec, data.tokenizer, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("Qwen2ForCausalLM with %d parameters", n_params)
+    losses = supervised(model, data.examples, spec.warm_start, seed, data.tokenizer.pad_token_id)
+    t_train = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    save_tokenizer(data.tokenizer, out_dir)
+    evaluation = sample_eval(model, data.tokenizer, data.eval_tasks, seed)
+    t_eval = time.perf_counter()
+    walls = {"data_and_tokenizer": t_data - t0, "train": t_train - t_data, "eval": t_eval - t_train}
+    walls = {name: round(s, 1) for name, s in {**walls, "total": t_eval - t0}.items()}
+    report = _report(spec, train_path, seed, data, n_params, losses, evaluation, walls)
+    formats.write_atomic(out_dir / "warm_start.json", json.dumps(report, indent=2) + "\n")
     log.info(
         "warm start: %d steps, loss %.3f, %.0fs; eval format %.2f success %.2f",
         report["steps"],
         report["final_loss"],
-        report["wall_seconds"]["total"],
+        walls["total"],
         evaluation["format_rate"],
         evaluation["success_rate"],
     )
     return report
 
 
-def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--tiny", required=True, help="the config's model.tiny section as one JSON string"
-    )
-    parser.add_argument("--train", required=True, type=Path, help="train split (parquet) to trace")
-    parser.add_argument("--seed", type=int, default=42, help="seed of traces, init and data order")
-    parser.add_argument(
-        "--out-dir", required=True, type=Path, help="model directory to write (HF format)"
-    )
-    parser.add_argument(
-        "--prebuilt",
-        type=Path,
-        help="a model this stage built before (model.tiny.prebuilt): installed instead of "
-        "rebuilt when its recorded recipe (spec, seed, train split) is this one",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        spec = section(TinySpec, json.loads(args.tiny))
-    except (json.JSONDecodeError, ConfigError) as err:
-        raise SystemExit(f"{prog}: --tiny: {err}") from None
-    if args.prebuilt is None:
-        build(spec, args.train, args.seed, args.out_dir)
-        return
-    try:
-        report = tiny_artifact.install(
-            args.prebuilt, asdict(spec), args.seed, args.train, args.out_dir
-        )
-    except tiny_artifact.ArtifactError as err:
-        raise SystemExit(f"{prog}: --prebuilt: {err}") from None
+def install_prebuilt(prebuilt: Path, spec: TinySpec, seed: int, train: Path, out_dir: Path) -> None:
+    """The model `prebuilt` holds, copied to `out_dir`, if it was built from this very recipe
+    (tiny_artifact.ArtifactError if not)."""
+    report = tiny_artifact.install(prebuilt, asdict(spec), seed, train, out_dir)
     log.info(
         "installed %s (built in %.0fs with %s threads; eval format %.2f success %.2f)",
-        args.prebuilt,
+        prebuilt,
         report.get("wall_seconds", {}).get("total", float("nan")),
         report.get("torch_threads"),
         report.get("eval", {}).get("format_rate", float("nan")),
         report.get("eval", {}).get("success_rate", float("nan")),
     )
+
+
+def cli(argv: list[str], prog: str) -> None:
+    p = parser(prog, __doc__)
+    add_json(p, "--tiny", partial(section, TinySpec), help="the config's model.tiny section")
+    p.add_argument("--train", required=True, type=Path, help="train split (parquet) to trace")
+    p.add_argument("--seed", type=int, default=42, help="seed of traces, init and data order")
+    p.add_argument("--out-dir", required=True, type=Path, help="model folder to write (HF format)")
+    p.add_argument(
+        "--prebuilt",
+        type=Path,
+        help="a model this stage built before (model.tiny.prebuilt): installed instead of "
+        "rebuilt when its recorded recipe (spec, seed, train split) is this one",
+    )
+    args = p.parse_args(argv)
+    setup_logging()
+    if args.prebuilt is None:
+        with failing_as(prog, DataSourceError):  # no such train split, or not one
+            build(args.tiny, args.train, args.seed, args.out_dir)
+        return
+    with failing_as(f"{prog}: --prebuilt", tiny_artifact.ArtifactError):
+        install_prebuilt(args.prebuilt, args.tiny, args.seed, args.train, args.out_dir)

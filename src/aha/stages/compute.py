@@ -16,8 +16,8 @@ pandas, matplotlib and seaborn are imported only to draw.
 
 from __future__ import annotations
 
-import argparse
 import csv
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,13 +25,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import formats
+from aha.cli import failing_as, parser, setup_logging
 from aha.launch.gpu_monitor import GpuUsage, gpu_log_path, read_gpu_log
-from aha.report.inputs import RunInfo, parse_runs, paths_by_run_step
+from aha.report.inputs import RunInfo, add_runs_argument, add_train_log_argument, paths_by_run_step
+from aha.report.style import footnote, note, palette, pyplot, save
 
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+
+log = logging.getLogger(__name__)
 
 # The split of TRL's step_time that aha.stages.train logs (aha.stages.train.GENERATION_KEY, OPTIMISATION_KEY;
 # spelled here so that this stage does not import the training code).
@@ -210,8 +214,6 @@ def _stage_hours(rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 def _hours_panel(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
     import seaborn as sns
 
-    from aha.report.style import note
-
     ax.set_title("Hours per stage (sum over its jobs)")
     data = _stage_hours(rows)
     if data.empty:
@@ -262,8 +264,6 @@ def _step_panel(
 ) -> list[str]:
     """s/step per replicate: total (solid), generation (dashed), optimisation (dotted) when
     logged. Notes on the panel when there is nothing; returns footnotes."""
-    from aha.report.style import note
-
     ax.set_title("Seconds per training step (TRL step_time)")
     drawn = {key: rows for key, rows in steps.items() if rows}
     if not drawn:
@@ -308,8 +308,6 @@ def _gpu_panel(ax: Axes, jobs: Sequence[Job]) -> None:
     """Peak GPU memory of each GPU job (points) and per stage (bars), GPU capacity dashed."""
     import pandas as pd
     import seaborn as sns
-
-    from aha.report.style import note
 
     ax.set_title("Peak GPU memory per job")
     gpu = [j for j in jobs if j.gpu is not None and j.gpu.peak_memory_mib is not None]
@@ -364,8 +362,6 @@ def plot_compute(
     runs: Mapping[str, RunInfo],
 ) -> Figure:
     """Hours per stage, s/step over training per replicate, peak GPU memory (or a note)."""
-    from aha.report.style import footnote, palette, pyplot
-
     plt = pyplot()
     order = [*runs, *sorted({run for run, _ in steps} - set(runs))]
     colours = palette(order)
@@ -387,12 +383,8 @@ def plot_compute(
 
 
 def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Wall, CPU and GPU hours per stage from Snakemake's benchmark files, s/step "
-        "from the training logs: a TSV and an SVG figure (missing inputs become notes).",
-    )
-    parser.add_argument(
+    p = parser(prog, __doc__)
+    p.add_argument(
         "--benchmark",
         nargs=2,
         action="append",
@@ -400,35 +392,26 @@ def cli(argv: list[str], prog: str) -> None:
         help="a job's benchmark file (benchmarks/RULE/....tsv; NAME.gpu.tsv beside it is read "
         "when present); once per job",
     )
-    parser.add_argument(
-        "--train-log",
-        nargs=3,
-        action="append",
-        metavar=("RUN", "SEED", "PATH"),
-        help="a replicate's TRL log history (train_log.jsonl), read when present; once per seed",
-    )
-    parser.add_argument(
-        "--runs",
-        required=True,
-        help='JSON {run: {"steps": [...], "model": {...}}}: run order and colours',
-    )
-    parser.add_argument("--table", type=Path, required=True, help="TSV to write (compute.tsv)")
-    parser.add_argument("--figure", type=Path, required=True, help="SVG to write (compute.svg)")
-    args = parser.parse_args(argv)
-    runs = parse_runs(args.runs)
+    add_train_log_argument(p)
+    add_runs_argument(p)
+    p.add_argument("--table", type=Path, required=True, help="TSV to write (compute.tsv)")
+    p.add_argument("--figure", type=Path, required=True, help="SVG to write (compute.svg)")
+    args = p.parse_args(argv)
+    setup_logging()
+    runs = args.runs
     try:
         logs = paths_by_run_step("--train-log", args.train_log, runs, "seed")
     except ValueError as err:
-        parser.error(str(err))
+        p.error(str(err))
     benchmarks = [(stage, Path(path)) for stage, path in args.benchmark or []]
     jobs, missing = read_jobs(benchmarks)
     rows = summarise(jobs, missing, [stage for stage, _ in benchmarks])
-    write_table(rows, args.table)
     steps = {
         (run, seed): step_times(path)
         for run, by_seed in logs.items()
         for seed, path in sorted(by_seed.items())
     }
-    from aha.report.style import save
-
-    save(plot_compute(rows, jobs, missing, steps, runs), args.figure)
+    with failing_as(prog, OSError):  # an output that cannot be written: one line
+        write_table(rows, args.table)
+        save(plot_compute(rows, jobs, missing, steps, runs), args.figure)
+    log.info("%d jobs read, %d benchmark files missing", len(jobs), len(missing))

@@ -8,13 +8,17 @@ there yet. Where each figure goes is the rule's business (workflow/rules/report.
 
 from __future__ import annotations
 
-import argparse
+import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from aha.cli import failing_as, parser, setup_logging
+from aha.formats import across_seeds
+from aha.report import figures
 from aha.report.breakdowns import (
     length_panel,
     plot_audit,
@@ -26,19 +30,18 @@ from aha.report.inputs import (
     ReportOptions,
     RunInfo,
     add_input_arguments,
-    describe_missing,
-    missing_scores,
-    parse_options,
-    parse_runs,
+    add_train_log_argument,
+    draws_seed_reference,
     paths_by_run_step,
     read_summary,
     read_train_log,
     run_order,
 )
 from aha.report.style import (
-    configured_steps,
+    RunStyle,
     fit_share_axis,
     footnote,
+    footnote_missing,
     legend_below,
     metric_panel,
     note,
@@ -55,23 +58,13 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+log = logging.getLogger(__name__)
+
 # The seed's (philschmid mini-R1) reported success rates: read off training-time completions,
 # not scored on held-out prompts, so they are drawn as reference markers, never as a curve.
 SEED_REFERENCE: tuple[tuple[int, float], ...] = ((100, 0.25), (200, 0.40), (450, 0.50))
 SEED_LABEL = "seed (Qwen2.5-3B): training-time observations, not held-out"
 
-# Figure name (its output option) -> what it shows, in the order they are drawn.
-FIGURES: dict[str, str] = {
-    "success": "success rate and pass@k vs step",
-    "patterns": "success by operator pattern",
-    "sizes": "success by task size (3 or 4 numbers)",
-    "passk": "pass@k for k = 1..K at every checkpoint",
-    "quality": "format rate, answers using the numbers, length by outcome, truncation vs step",
-    "behaviours": "aha behaviours vs step",
-    "reflection": "reflection words per completion and success with vs without them",
-    "audit": "reward-hacking audit: refused answers by category vs step",
-    "training": "training curves (TRL log history)",
-}
 LENGTH_PANEL = "length by outcome"  # a QUALITY_PANELS column drawn by length_panel
 # summary.tsv columns drawn as "metric vs step" panels: (column, panel title, y label, share?).
 QUALITY_PANELS = (
@@ -104,19 +97,17 @@ def plot_success(
 ) -> Figure:
     """Success rate (95% Wilson band) and pass@k vs step, step-0 baselines, seed reference."""
     plt = pyplot()
-    order = run_order(summary, runs)
-    colours = palette(order)
-    seed = options.seed_reference and any(r.seed_comparable for r in runs.values())
-    ticks = configured_steps(summary, runs)
-    seed_ticks = ticks + ([s for s, _ in SEED_REFERENCE] if seed else [])
+    style = RunStyle.of(summary, runs)
+    seed = draws_seed_reference(runs, options)
+    seed_ticks = [*style.ticks, *([s for s, _ in SEED_REFERENCE] if seed else [])]
     fig, (ax, ax_k) = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
-    success_panel(ax, summary, order, colours, seed_ticks)
+    success_panel(ax, summary, replace(style, ticks=seed_ticks))
     ax.set_title("Success rate on held-out prompts (mean over seeds, 95% interval)")
     ax.set_ylabel("success rate (equation correct)")
     if seed:
         xs, ys = zip(*SEED_REFERENCE, strict=True)
         ax.scatter(xs, ys, marker="*", s=180, color="black", zorder=5, label=SEED_LABEL)
-    drawn_k = metric_panel(ax_k, summary, "pass_at_k", order, colours, True, ticks)
+    drawn_k = metric_panel(ax_k, summary, "pass_at_k", style, True)
     for panel in (ax, ax_k):
         fit_share_axis(panel)
     ks = sorted({int(k) for k in summary.get("k", []) if k == k}) if drawn_k else []
@@ -124,25 +115,17 @@ def plot_success(
     ax_k.set_title(f"pass@{k_text} (any of {k_text} samples per prompt correct)")
     ax_k.set_ylabel(f"pass@{k_text}")
     legend_below(fig, [ax, ax_k])
-    footnote(fig, describe_missing(missing_scores(summary, runs), runs))
+    footnote_missing(fig, summary, runs)
     fig.suptitle("Does GRPO teach the model to solve Countdown?")
     return fig
 
 
-def success_panel(
-    ax: Axes,
-    summary: pd.DataFrame,
-    order: Sequence[str],
-    colours: Mapping[str, Any],
-    ticks: Sequence[int],
-) -> bool:
+def success_panel(ax: Axes, summary: pd.DataFrame, style: RunStyle) -> bool:
     """Success vs step per run: each seed a thin line, the mean over seeds a thick one in a band
     (the 95% t interval across seeds; with one seed, which has none, that seed's Wilson
     interval), and the step-0 baseline, the untrained model sampled once per run, as a dotted
     line: it is every seed's step 0. False (and a note) when nothing is scored."""
-    from aha.stages.aggregate import across_seeds
-
-    steps_axis(ax, ticks)
+    steps_axis(ax, style.ticks)
     ax.yaxis.set_major_formatter(percent())
     data = summary.dropna(subset=["success_rate"]) if "success_rate" in summary else summary[:0]
     if data.empty or "n_completions" not in data:
@@ -152,8 +135,8 @@ def success_panel(
     base = data[seeds.isna() & (data["step"] == 0)]
     trained = data[seeds.notna()]
     mean = across_seeds(data)
-    for run in [r for r in order if r in set(data["run"])]:
-        colour = colours[run]
+    for run in style.drawn(data):
+        colour = style.colours[run]
         start = base[base["run"] == run]
         for _, part in trained[trained["run"] == run].groupby("seed", sort=True):
             line = pd_concat([start, part]).sort_values("step")
@@ -175,7 +158,7 @@ def success_panel(
                 lw=1.2,
                 label=f"{run} step 0 (base model)",
             )
-    steps_axis(ax, ticks)
+    steps_axis(ax, style.ticks)
     return True
 
 
@@ -186,19 +169,17 @@ def _panels_figure(
     title: str,
 ) -> Figure:
     plt = pyplot()
-    order = run_order(summary, runs)
-    colours = palette(order)
-    ticks = configured_steps(summary, runs)
+    style = RunStyle.of(summary, runs)
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.4), layout="constrained")
     for ax, (column, panel_title, ylabel, share) in zip(axes, panels, strict=True):
         if column == LENGTH_PANEL:
-            length_panel(ax, summary, order, colours, ticks)
+            length_panel(ax, summary, style)
         else:
-            metric_panel(ax, summary, column, order, colours, share, ticks)
+            metric_panel(ax, summary, column, style, share)
         ax.set_title(panel_title)
         ax.set_ylabel(ylabel)
     legend_below(fig, axes)
-    footnote(fig, describe_missing(missing_scores(summary, runs), runs))
+    footnote_missing(fig, summary, runs)
     fig.suptitle(title)
     return fig
 
@@ -230,10 +211,7 @@ def plot_training(
     """Training curves from TRL's log history: raw (thin) per seed, and per run the mean over
     seeds of each seed's rolling mean (thick)."""
     plt = pyplot()
-    import pandas as pd
-    import seaborn as sns
-
-    order = [*runs, *sorted(set(log["run"]) - set(runs))]
+    order = run_order(log, runs)
     colours = palette(order)
     panels = train_panels(log)
     ncols = 4
@@ -244,33 +222,7 @@ def plot_training(
     flat = list(axes.flat)
     for ax, (key, title) in zip(flat, panels, strict=False):
         ax.set_title(title)
-        data = log[log["metric"] == key].sort_values(["run", "seed", "step"])
-        if data.empty:
-            note(ax, MISSING_NOTES.get(key, "not logged") if len(log) else "no training log yet")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        smooth = []
-        for (run, _), part in data.groupby(["run", "seed"], sort=False, dropna=False):
-            window = max(1, len(part) // 15)
-            ax.plot(part["step"], part["value"], color=colours[run], alpha=0.3, lw=0.8)
-            smooth.append(
-                part.assign(value=part["value"].rolling(window, center=True, min_periods=1).mean())
-            )
-        sns.lineplot(
-            data=pd.concat(smooth),
-            x="step",
-            y="value",
-            hue="run",
-            hue_order=[r for r in order if r in set(data["run"])],
-            palette=colours,
-            errorbar=None,
-            ax=ax,
-        )
-        ax.set_xlabel("training step")
-        ax.set_ylabel("")
-        if key == "learning_rate":
-            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+        _train_panel(ax, log, key, RunStyle(order, colours, ()))
     for ax in flat[len(panels) :]:
         ax.set_visible(False)
     legend_below(fig, flat)
@@ -280,61 +232,122 @@ def plot_training(
     return fig
 
 
-def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Seaborn SVG figures of the report (missing inputs become notes)."
+def _train_panel(ax: Axes, log: pd.DataFrame, key: str, style: RunStyle) -> None:
+    """One logged metric vs training step: each seed raw (thin), each run the mean of its
+    seeds' rolling means (thick); a note when the metric was not logged."""
+    import pandas as pd
+    import seaborn as sns
+
+    data = log[log["metric"] == key].sort_values(["run", "seed", "step"])
+    if data.empty:
+        note(ax, MISSING_NOTES.get(key, "not logged") if len(log) else "no training log yet")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
+    smooth = []
+    for (run, _), part in data.groupby(["run", "seed"], sort=False, dropna=False):
+        window = max(1, len(part) // 15)
+        ax.plot(part["step"], part["value"], color=style.colours[run], alpha=0.3, lw=0.8)
+        smooth.append(
+            part.assign(value=part["value"].rolling(window, center=True, min_periods=1).mean())
+        )
+    sns.lineplot(
+        data=pd.concat(smooth),
+        x="step",
+        y="value",
+        hue="run",
+        hue_order=style.drawn(data),
+        palette=style.colours,
+        errorbar=None,
+        ax=ax,
     )
-    add_input_arguments(parser)
-    tables = parser.add_argument_group("long tables of `aggregate` (optional: a note if absent)")
-    tables.add_argument("--by-pattern", type=Path, help="results/summary_by_pattern.tsv")
-    tables.add_argument("--by-size", type=Path, help="results/summary_by_size.tsv")
-    tables.add_argument("--pass-at-k-table", type=Path, help="results/pass_at_k.tsv")
-    tables.add_argument("--audit-table", type=Path, help="results/audit.tsv")
-    tables.add_argument("--reflection-table", type=Path, help="results/reflection_words.tsv")
-    parser.add_argument(
-        "--train-log",
-        nargs=3,
-        action="append",
-        metavar=("RUN", "SEED", "PATH"),
-        help="a replicate's TRL log history (train_log.jsonl), read when present; once per seed",
-    )
-    outputs = parser.add_argument_group("outputs (SVG files)")
-    for name, shows in FIGURES.items():
-        outputs.add_argument(f"--{name}", type=Path, required=True, metavar="SVG", help=shows)
-    args = parser.parse_args(argv)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("")
+    if key == "learning_rate":
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What the figures draw from: the summary, `aggregate`'s long tables (by their names in
+    aha.report.figures.TABLE_OPTIONS; empty when not given), every replicate's training log in
+    one long table, and the runs without one."""
+
+    runs: Mapping[str, RunInfo]
+    options: ReportOptions
+    summary: pd.DataFrame
+    tables: Mapping[str, pd.DataFrame]
+    log: pd.DataFrame
+    no_log: Sequence[str]
+
+
+# How each figure of aha.report.figures.FIGURES is drawn from the inputs.
+DRAW: dict[str, Callable[[Inputs], Figure]] = {
+    "success": lambda i: plot_success(i.summary, i.runs, i.options),
+    "patterns": lambda i: plot_groups(
+        i.tables["by_pattern"], i.runs, "pattern", "operator pattern",
+        "results/summary_by_pattern.tsv",
+    ),
+    "sizes": lambda i: plot_groups(
+        i.tables["by_size"], i.runs, "size", "task size", "results/summary_by_size.tsv"
+    ),
+    "passk": lambda i: plot_pass_at_k(i.tables["pass_at_k"], i.runs),
+    "quality": lambda i: plot_quality(i.summary, i.runs),
+    "behaviours": lambda i: plot_behaviours(i.summary, i.runs),
+    "reflection": lambda i: plot_reflection(i.summary, i.tables["reflection_words"], i.runs),
+    "audit": lambda i: plot_audit(i.tables["audit"], i.runs),
+    "training": lambda i: plot_training(i.log, i.runs, i.no_log),
+}  # fmt: skip
+
+
+def read_inputs(
+    runs: Mapping[str, RunInfo],
+    options: ReportOptions,
+    summary: Path,
+    tables: Mapping[str, Path | None],
+    train_logs: Mapping[str, Mapping[int, Path]],
+) -> Inputs:
+    """The figures' inputs from their files; a file not given or missing reads as empty."""
     import pandas as pd
 
-    runs = parse_runs(args.runs)
-    try:
-        train_logs = paths_by_run_step("--train-log", args.train_log, runs, "seed")
-    except ValueError as err:
-        parser.error(str(err))
-    options = parse_options(args.report)
-    summary = read_summary(args.summary)
-    by_pattern = read_summary(args.by_pattern)
     by_run = {
         run: [read_train_log(path, run, seed) for seed, path in train_logs.get(run, {}).items()]
         for run in runs
     }
-    empty = [run for run, logs in by_run.items() if all(log.empty for log in logs)]
-    logs = [log for run_logs in by_run.values() for log in run_logs if not log.empty]
-    log = pd.concat(logs, ignore_index=True) if logs else read_train_log(None, "")
-    save(plot_success(summary, runs, options), args.success)
-    save(plot_quality(summary, runs), args.quality)
-    save(plot_behaviours(summary, runs), args.behaviours)
-    save(plot_training(log, runs, empty), args.training)
-    save(
-        plot_groups(
-            by_pattern, runs, "pattern", "operator pattern", "results/summary_by_pattern.tsv"
-        ),
-        args.patterns,
+    logs = [frame for frames in by_run.values() for frame in frames if not frame.empty]
+    return Inputs(
+        runs=runs,
+        options=options,
+        summary=read_summary(summary),
+        tables={name: read_summary(path) for name, path in tables.items()},
+        log=pd.concat(logs, ignore_index=True) if logs else read_train_log(None, ""),
+        no_log=[run for run, frames in by_run.items() if all(f.empty for f in frames)],
     )
-    save(
-        plot_groups(
-            read_summary(args.by_size), runs, "size", "task size", "results/summary_by_size.tsv"
-        ),
-        args.sizes,
-    )
-    save(plot_pass_at_k(read_summary(args.pass_at_k_table), runs), args.passk)
-    save(plot_reflection(summary, read_summary(args.reflection_table), runs), args.reflection)
-    save(plot_audit(read_summary(args.audit_table), runs), args.audit)
+
+
+def cli(argv: list[str], prog: str) -> None:
+    p = parser(prog, __doc__)
+    add_input_arguments(p)
+    tables = p.add_argument_group("long tables of `aggregate` (optional: a note if absent)")
+    for name, option in figures.TABLE_OPTIONS.items():
+        tables.add_argument(
+            option, dest=f"table_{name}", type=Path, metavar="TSV", help=f"its `{name}` table"
+        )
+    add_train_log_argument(p)
+    outputs = p.add_argument_group("outputs (SVG files)")
+    for figure in figures.FIGURES:
+        outputs.add_argument(
+            f"--{figure.name}", type=Path, required=True, metavar="SVG", help=figure.label
+        )
+    args = p.parse_args(argv)
+    setup_logging()
+    try:
+        train_logs = paths_by_run_step("--train-log", args.train_log, args.runs, "seed")
+    except ValueError as err:
+        p.error(str(err))
+    tables_given = {name: getattr(args, f"table_{name}") for name in figures.TABLE_OPTIONS}
+    inputs = read_inputs(args.runs, args.report, args.summary, tables_given, train_logs)
+    with failing_as(prog, OSError):  # an output that cannot be written: one line
+        for figure in figures.FIGURES:
+            save(DRAW[figure.name](inputs), getattr(args, figure.name))
+    log.info("drew %d figures", len(figures.FIGURES))

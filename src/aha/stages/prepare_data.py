@@ -11,7 +11,6 @@ unsolvable, or beyond the solver's time budget for Hub/path data). Same inputs, 
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -19,16 +18,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aha import formats
+from aha.cli import add_json, failing_as, parser, setup_logging
 from aha.formats import DataSourceError
 from aha.sections import DatasetConfig, section
 from aha.task import countdown, generator
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("aha.stages.prepare_data")
 
@@ -232,26 +230,10 @@ def load_tasks(
     if cfg.source == "path":
         log.info("loading tasks from %s", cfg.path)
         return load_path(cfg.path), {}  # type: ignore[arg-type]
-    g = cfg.generate
-    n = g.num_tasks or cfg.num_samples
-    log.info(
-        "generating %d tasks (numbers %s, targets %s, sizes %s, balanced patterns: %s, seed %d)",
-        n,
-        list(g.number_range),
-        list(g.target_range),
-        list(g.num_counts),
-        g.balance_patterns,
-        cfg.shuffle_seed,
-    )
-    solved = generator.generate(
-        n,
-        seed=cfg.shuffle_seed,
-        num_counts=g.num_counts,
-        number_range=g.number_range,
-        target_range=g.target_range,
-        balance_patterns=g.balance_patterns,
-        progress=True,
-    )
+    settings = asdict(cfg.generate)  # the generator's own arguments, num_tasks apart
+    n = settings.pop("num_tasks") or cfg.num_samples
+    log.info("generating %d tasks (seed %d): %s", n, cfg.shuffle_seed, settings)
+    solved = generator.generate(n, seed=cfg.shuffle_seed, progress=True, **settings)
     return [s.task for s in solved], {i: (s.pattern, s.solution) for i, s in enumerate(solved)}
 
 
@@ -289,6 +271,53 @@ def _histogram(values: Sequence[int]) -> dict[str, int]:
     return {str(k): counts[k] for k in sorted(counts)}
 
 
+def _pattern_counts(labels: Mapping[int, tuple[str, str] | None], rows: Sequence[int]) -> dict:
+    names = [
+        "unchecked" if i not in labels else "unsolvable" if labels[i] is None else labels[i][0]
+        for i in rows
+    ]
+    counts = Counter(names)
+    return {k: counts[k] for k in sorted(counts, key=countdown.pattern_key)}
+
+
+def _size_shares(tasks: Sequence[countdown.Task], rows: Sequence[int]) -> dict[str, float]:
+    counts = Counter(len(tasks[i].nums) for i in rows)
+    return {str(k): round(counts[k] / len(rows), 4) for k in sorted(counts)}
+
+
+def _sum_share(tasks: Sequence[countdown.Task], rows: Sequence[int]) -> float:
+    return round(sum(sum(tasks[i].nums) == tasks[i].target for i in rows) / len(rows), 4)
+
+
+def _source(cfg: DatasetConfig) -> dict[str, Any]:
+    """Where the tasks came from: the source and its own settings."""
+    if cfg.source == "hub":
+        return {"source": cfg.source, "name": cfg.name, "split": cfg.split}
+    if cfg.source == "path":
+        return {"source": cfg.source, "path": cfg.path}
+    return {"source": cfg.source, "generate": asdict(cfg.generate)}
+
+
+def _solvable(
+    cfg: DatasetConfig,
+    labels: Mapping[int, tuple[str, str] | None],
+    kept: Sequence[int],
+    solve_budget_s: float | None,
+) -> dict[str, Any]:
+    """How many of the kept tasks were checked, how many of those are solvable, and how."""
+    checked = [i for i in kept if i in labels]
+    solvable = sum(labels[i] is not None for i in checked)
+    return {
+        "checked": len(checked),
+        "solvable": solvable,
+        "share": round(solvable / len(checked), 6) if checked else None,
+        "complete": len(checked) == len(kept),
+        "how": "verified while generating"
+        if cfg.source == "generate"
+        else f"exact solver, eval then test then train, budget {solve_budget_s:g} s",
+    }
+
+
 def data_card(
     cfg: DatasetConfig,
     tasks: Sequence[countdown.Task],
@@ -299,55 +328,21 @@ def data_card(
     """What the splits hold: counts, seeds, solvable share, histograms, pattern counts."""
     parts = {"train": split.train, "test": split.test, "eval": split.eval}
     kept = split.train + split.test
-    checked = [i for i in kept if i in labels]
-    solvable = sum(labels[i] is not None for i in checked)
-
-    def pattern_counts(rows: Sequence[int]) -> dict[str, int]:
-        names = [
-            "unchecked" if i not in labels else "unsolvable" if labels[i] is None else labels[i][0]
-            for i in rows
-        ]
-        counts = Counter(names)
-        return {k: counts[k] for k in sorted(counts, key=countdown.pattern_key)}
-
-    def size_shares(rows: Sequence[int]) -> dict[str, float]:
-        counts = Counter(len(tasks[i].nums) for i in rows)
-        return {str(k): round(counts[k] / len(rows), 4) for k in sorted(counts)}
-
-    def sum_share(rows: Sequence[int]) -> float:
-        return round(sum(sum(tasks[i].nums) == tasks[i].target for i in rows) / len(rows), 4)
-
-    source: dict[str, Any] = {"source": cfg.source}
-    if cfg.source == "hub":
-        source.update(name=cfg.name, split=cfg.split)
-    elif cfg.source == "path":
-        source.update(path=cfg.path)
-    else:
-        source.update(generate={k: v for k, v in asdict(cfg.generate).items()})
+    seeds = {"shuffle_seed": cfg.shuffle_seed, "split_seed": cfg.split_seed}
+    if cfg.source == "generate":
+        seeds["generate_seed"] = cfg.shuffle_seed
     return {
-        **source,
+        **_source(cfg),
         "tasks_loaded": len(tasks),
-        "seeds": {
-            "shuffle_seed": cfg.shuffle_seed,
-            "split_seed": cfg.split_seed,
-            **({"generate_seed": cfg.shuffle_seed} if cfg.source == "generate" else {}),
-        },
+        "seeds": seeds,
         "num_samples": cfg.num_samples,
         "test_size": cfg.test_size,
         "eval_size": cfg.eval_size,
         "counts": {name: len(rows) for name, rows in parts.items()},
-        "solvable": {
-            "checked": len(checked),
-            "solvable": solvable,
-            "share": round(solvable / len(checked), 6) if checked else None,
-            "complete": len(checked) == len(kept),
-            "how": "verified while generating"
-            if cfg.source == "generate"
-            else f"exact solver, eval then test then train, budget {solve_budget_s:g} s",
-        },
-        "num_count_shares": {name: size_shares(rows) for name, rows in parts.items()},
-        "target_equals_sum_share": {name: sum_share(rows) for name, rows in parts.items()},
-        "patterns": {name: pattern_counts(rows) for name, rows in parts.items()},
+        "solvable": _solvable(cfg, labels, kept, solve_budget_s),
+        "num_count_shares": {name: _size_shares(tasks, rows) for name, rows in parts.items()},
+        "target_equals_sum_share": {name: _sum_share(tasks, rows) for name, rows in parts.items()},
+        "patterns": {name: _pattern_counts(labels, rows) for name, rows in parts.items()},
         "numbers_histogram": _histogram([n for i in kept for n in tasks[i].nums]),
         "targets_histogram": _histogram([tasks[i].target for i in kept]),
     }
@@ -389,7 +384,7 @@ def prepare(
         pq.write_table(_table(tasks, labels, rows), path)
         log.info("wrote %s (%d rows)", path, len(rows))
     card = data_card(cfg, tasks, labels, split, budget)
-    (out_dir / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    formats.write_atomic(out_dir / "card.json", json.dumps(card, indent=2) + "\n")
     log.info(
         "wrote %s: solvable %s of %d checked; eval patterns %s (%.1f s)",
         out_dir / "card.json",
@@ -402,33 +397,29 @@ def prepare(
 
 
 def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    parser.add_argument(
+    p = parser(prog, __doc__)
+    add_json(
+        p,
         "--dataset",
-        required=True,
-        help="the config's dataset section as one JSON string (keys: source, name, split, path, "
+        partial(section, DatasetConfig),
+        help="the config's dataset section (keys: source, name, split, path, "
         "generate{num_tasks, num_counts, number_range, target_range, balance_patterns}, "
         "shuffle_seed, num_samples, test_size, split_seed, eval_size; missing keys: defaults)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--out-dir",
         required=True,
         type=Path,
         help="directory for train.parquet, test.parquet, eval.parquet and card.json",
     )
-    parser.add_argument(
+    p.add_argument(
         "--solve-budget-s",
         type=float,
         default=DEFAULT_SOLVE_BUDGET_S,
         help="seconds the exact solver may spend labelling Hub/path tasks (pattern, solution, "
         "solvable share); tasks beyond it keep null labels (default: %(default)s)",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    try:
-        cfg = section(DatasetConfig, json.loads(args.dataset))
-        prepare(cfg, args.out_dir, args.solve_budget_s)
-    except json.JSONDecodeError as err:
-        raise SystemExit(f"{prog}: --dataset is not JSON: {err}") from None
-    except (DataSourceError, ValueError) as err:  # config errors: one line
-        raise SystemExit(f"{prog}: {err}") from None
+    args = p.parse_args(argv)
+    setup_logging()
+    with failing_as(prog, DataSourceError, ValueError):  # the data or its settings: one line
+        prepare(args.dataset, args.out_dir, args.solve_budget_s)

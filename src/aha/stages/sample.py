@@ -12,27 +12,29 @@ the device can run it, else `hf`. Both sample with exactly temperature/top_p fro
 model's own generation defaults (Qwen's top_k 20 and repetition penalty 1.05) are switched off,
 as vLLM's `SamplingParams` has them off.
 
-A qlora run passes `--quantization` at every step, step 0 included: the base is loaded in 4 bit
-as training saw it, and an adapter is applied on top of it unmerged, so every point of a run's
-curve is measured at one precision. Only the transformers backend does that: vLLM 0.30 has no
-bitsandbytes method, so `auto` takes hf for it and `vllm` is refused (`aha.config.sampling_plan`
-makes the rule's choice, the same on a GPU and in a CPU rehearsal).
+A run with a 4-bit base (qlora) passes `--quantization` at every step, step 0 included: the
+base is loaded in 4 bit as training saw it, and an adapter is applied on top of it unmerged, so
+every point of a run's curve is measured at one precision. Only the transformers backend does
+that: vLLM 0.30 has no bitsandbytes method, so `auto` takes hf for it and `vllm` is refused. The
+rule passes the run's choice (`aha.run.Run`: its mode's sampler, the same on a GPU and in a CPU
+rehearsal).
 
 Output: one JSON line per completion, prompt-major, with keys `SAMPLE_KEYS`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import formats
+from aha.cli import failing_as, json_arg, parser, setup_logging
 from aha.config import ConfigError
 from aha.formats import CheckpointError, Manifest, write_atomic
 from aha.launch import gpu_monitor
@@ -135,8 +137,8 @@ def load_hf(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) for `generate`, loaded with `hf_load_kwargs`.
 
-    With `quantization` the base loads in 4 bit and an adapter stays unmerged on it: merging
-    into NF4 weights would dequantize them, another precision.
+    An adapter stays unmerged on its base, as it trained: merging into NF4 weights would
+    dequantize them, and merging into bf16 ones rounds their sum, another precision either way.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -153,8 +155,6 @@ def load_hf(
         except ImportError:
             raise SampleError("loading a LoRA adapter needs peft: pip install peft") from None
         model = PeftModel.from_pretrained(base, ref.weights)
-        if not quantization:
-            model = model.merge_and_unload()
     if not quantization:
         model = model.to(on)
     return model.eval(), tokenizer
@@ -391,70 +391,62 @@ def sample(
 
 
 def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Draw k completions per eval prompt from one checkpoint; one JSON line each "
-        f"with keys {', '.join(SAMPLE_KEYS)}.",
-    )
-    parser.add_argument(
+    p = parser(prog, __doc__)
+    p.add_argument(
         "--model",
         required=True,
         help="a checkpoint manifest (checkpoints/step-N.json) or, for step 0, a model dir or Hub id",
     )
-    parser.add_argument(
+    p.add_argument(
         "--eval", type=Path, required=True, help="eval split (results/data/eval.parquet)"
     )
-    parser.add_argument(
+    p.add_argument(
         "--sampling",
         required=True,
+        type=json_arg(partial(section, Sampling)),
+        metavar="JSON",
         help="the config's sampling section as JSON: k, temperature, top_p, max_new_tokens, "
         "batch_size, seed",
     )
-    parser.add_argument("--run", required=True, help="run name, copied into every record")
-    parser.add_argument("--step", type=int, required=True, help="checkpoint step (0 = base model)")
-    parser.add_argument("--out", type=Path, required=True, help="JSONL file to write")
-    parser.add_argument(
+    p.add_argument("--run", required=True, help="run name, copied into every record")
+    p.add_argument("--step", type=int, required=True, help="checkpoint step (0 = base model)")
+    p.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    p.add_argument(
         "--backend",
         default="auto",
         choices=BACKENDS,
         help="hf (transformers generate), vllm, or auto: vllm when it is installed and the device "
-        "runs it",
+        "runs it (the rule passes the run's: aha.run.Run.sample_backend)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--device",
         default="cuda",
         choices=("cuda", "cpu"),
         help="cuda, or cpu for a rehearsal of a GPU run (vLLM's CPU build); default cuda",
     )
-    parser.add_argument(
+    p.add_argument(
         "--quantization",
         default=None,
-        help="BitsAndBytesConfig kwargs as JSON (qlora runs, every step): the base loads in 4 bit",
+        type=json_arg(),
+        metavar="JSON",
+        help="BitsAndBytesConfig kwargs as JSON (a run with a 4-bit base, every step): the base "
+        "loads in 4 bit",
     )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
-    )
+    args = p.parse_args(argv)
+    setup_logging()
     # GPU memory into $AHA_GPU_LOG while sampling (when nvidia-smi exists): the report's compute
-    with gpu_monitor.monitor():
-        try:
-            cfg = section(Sampling, json.loads(args.sampling))
-            quantization = json.loads(args.quantization) if args.quantization else None
-            records = sample(
-                args.model,
-                args.eval,
-                cfg,
-                args.run,
-                args.step,
-                args.out,
-                args.backend,
-                device=args.device,
-                quantization=quantization,
-            )
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"{prog}: --sampling or --quantization is not JSON: {err}") from None
-        except (SampleError, ConfigError) as err:
-            raise SystemExit(f"{prog}: {err}") from None
+    with gpu_monitor.monitor(), failing_as(prog, SampleError, ConfigError):
+        records = sample(
+            args.model,
+            args.eval,
+            args.sampling,
+            args.run,
+            args.step,
+            args.out,
+            args.backend,
+            device=args.device,
+            quantization=args.quantization,
+        )
     n = len(records)
     fmt = sum(r["format_reward"] for r in records) / max(n, 1)
     ok = sum(r["equation_reward"] for r in records) / max(n, 1)

@@ -7,13 +7,13 @@ hours.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aha import formats
+from aha.cli import failing_as, parser
 from aha.formats import SUMMARY_COLUMNS
 from aha.task import audit, behaviours, metrics
 
@@ -95,19 +95,17 @@ def score(
 
 
 def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--samples", type=Path, required=True, help="samples JSONL of one checkpoint"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="scores JSON to write")
-    parser.add_argument("--run", required=True, help="run name (the rule's {run})")
-    parser.add_argument("--step", type=int, required=True, help="checkpoint step (its {step})")
-    parser.add_argument(
+    p = parser(prog, __doc__)
+    p.add_argument("--samples", type=Path, required=True, help="samples JSONL of one checkpoint")
+    p.add_argument("--out", type=Path, required=True, help="scores JSON to write")
+    p.add_argument("--run", required=True, help="run name (the rule's {run})")
+    p.add_argument("--step", type=int, required=True, help="checkpoint step (its {step})")
+    p.add_argument(
         "--seed", type=int, help="the replicate's seed (its {seed}); absent: the step-0 baseline"
     )
-    args = parser.parse_args(argv)
-    samples = read_samples(args.samples)
-    check_identity(args.samples, samples, args.run, args.step)
+    args = p.parse_args(argv)
+    with failing_as(prog, ValueError):  # a malformed or misplaced samples file: one line
+        samples = read_samples(args.samples)
+        check_identity(args.samples, samples, args.run, args.step)
     record = score(samples, args.run, args.step, args.seed)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    formats.write_atomic(args.out, json.dumps(record, indent=2) + "\n")

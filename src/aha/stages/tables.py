@@ -9,25 +9,28 @@ said on the page; where each page goes is the rule's business (report.smk).
 from __future__ import annotations
 
 import argparse
-import html
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from aha.cli import failing_as, parser, setup_logging
+from aha.report.explorer import examples_page
 from aha.report.inputs import (
     RunInfo,
     add_input_arguments,
     missing_scores,
-    parse_options,
-    parse_runs,
     paths_by_run,
     read_summary,
     run_order,
     samples_by_run,
 )
+from aha.report.pages import esc, page, write
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 # Distributions whose versions decide the numbers (read from metadata: nothing is imported).
 VERSIONED = (
@@ -35,41 +38,6 @@ VERSIONED = (
     "vllm", "deepspeed", "bitsandbytes", "snakemake", "pandas", "seaborn", "matplotlib",
     "aha-countdown",
 )  # fmt: skip
-
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.2em;
-       color: #1f2328; font-size: 14px; }
-h1 { font-size: 1.4em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
-table { border-collapse: collapse; margin: 0.6em 0; }
-th, td { border: 1px solid #d0d7de; padding: 4px 8px; vertical-align: top; }
-th { background: #f6f8fa; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.missing td { color: #9a6700; background: #fff8c5; }
-.note { color: #57606a; } .warn { color: #9a6700; }
-table.examples { table-layout: fixed; width: 100%; }
-table.examples td { width: 50%; }
-.ok { border-top: 4px solid #1a7f37; } .fail { border-top: 4px solid #cf222e; }
-pre { white-space: pre-wrap; word-break: break-word; background: #f6f8fa; padding: 6px;
-      margin: 4px 0; font-size: 12.5px; max-height: 28em; overflow: auto; }
-.tag { display: inline-block; padding: 0 6px; margin-right: 4px; border-radius: 8px;
-       background: #ddf4ff; font-size: 12px; }
-.answer { font-family: ui-monospace, monospace; background: #fff8c5; padding: 1px 4px; }
-"""
-# No scripts, no remote content: even a completion that escaped escaping could not run.
-CSP = "default-src 'none'; style-src 'unsafe-inline'"
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def page(title: str, body: str, csp: str = CSP, css: str = "") -> str:
-    """A whole page; `csp` (a constant of ours, never data) is its only security policy."""
-    return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
-        f"<title>{esc(title)}</title><style>{CSS}{css}</style></head>\n"
-        f"<body>\n<h1>{esc(title)}</h1>\n{body}\n</body></html>\n"
-    )
 
 
 def _pct(value: Any) -> str:
@@ -84,6 +52,24 @@ def seed_cell(row: Any) -> str:
     """The seed column: the replicate's seed, or the shared step-0 baseline's label."""
     seed = row.get("seed")
     return "base (every seed)" if seed is None or seed != seed else str(int(seed))
+
+
+def _values(r: Any) -> tuple[str, ...]:
+    """The metric cells of one scored summary row, as the table writes them."""
+    k = "–" if r.get("k") != r.get("k") else int(r["k"])
+    return (
+        f"{int(r['n_prompts'])} × {k}",
+        f"{_pct(r['success_rate'])} [{_pct(r['success_lo'])}, {_pct(r['success_hi'])}]",
+        _pct(r["pass_at_1"]),
+        f"{_pct(r['pass_at_k'])} (k={k})",
+        _pct(r["format_rate"]),
+        _pct(r.get("numbers_ok_share")),
+        f"{_num(r['tokens_mean'])} / {_num(r['tokens_median'], 0)}",
+        _pct(r["truncated_share"]),
+        _pct(r["verify_share"]),
+        _pct(r["backtrack_share"]),
+        _num(r["candidates_mean"], 2),
+    )
 
 
 def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
@@ -109,21 +95,7 @@ def summary_table(summary: pd.DataFrame, runs: Mapping[str, RunInfo]) -> str:
                     f"{cells}</tr>"
                 )
                 continue
-            k = "–" if r.get("k") != r.get("k") else int(r["k"])
-            values = (
-                f"{int(r['n_prompts'])} × {k}",
-                f"{_pct(r['success_rate'])} [{_pct(r['success_lo'])}, {_pct(r['success_hi'])}]",
-                _pct(r["pass_at_1"]),
-                f"{_pct(r['pass_at_k'])} (k={k})",
-                _pct(r["format_rate"]),
-                _pct(r.get("numbers_ok_share")),
-                f"{_num(r['tokens_mean'])} / {_num(r['tokens_median'], 0)}",
-                _pct(r["truncated_share"]),
-                _pct(r["verify_share"]),
-                _pct(r["backtrack_share"]),
-                _num(r["candidates_mean"], 2),
-            )
-            cells = "".join(f'<td class="num">{esc(v)}</td>' for v in values)
+            cells = "".join(f'<td class="num">{esc(v)}</td>' for v in _values(r))
             rows.append(f"<tr><td>{esc(run)}</td><td>{esc(seed)}</td><td>{step}</td>{cells}</tr>")
     if not rows:
         body = '<p class="warn">No scored checkpoint yet: results/summary.tsv is empty.</p>'
@@ -188,13 +160,10 @@ def environment_page(workflow_dir: Path | None) -> str:
     return page("Software versions", body)
 
 
-def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="HTML pages of the report: summary, environment and example completions.",
-    )
-    add_input_arguments(parser)
-    parser.add_argument(
+def _parser(prog: str) -> argparse.ArgumentParser:
+    p = parser(prog, __doc__)
+    add_input_arguments(p)
+    p.add_argument(
         "--samples",
         nargs=4,
         action="append",
@@ -202,10 +171,10 @@ def cli(argv: list[str], prog: str) -> None:
         help="a checkpoint's samples file, read when present; once per run, seed and step "
         "(SEED `base` for step 0, sampled once per run)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--workflow-dir", type=Path, help="workflow checkout whose git revision is reported"
     )
-    outputs = parser.add_argument_group("outputs (HTML pages)")
+    outputs = p.add_argument_group("outputs (HTML pages)")
     outputs.add_argument(
         "--summary-page", type=Path, required=True, metavar="HTML", help="metrics per checkpoint"
     )
@@ -223,29 +192,29 @@ def cli(argv: list[str], prog: str) -> None:
         metavar=("RUN", "PATH"),
         help="a run's example completions; once per run",
     )
-    args = parser.parse_args(argv)
-    runs = parse_runs(args.runs)
+    return p
+
+
+def cli(argv: list[str], prog: str) -> None:
+    p = _parser(prog)
+    args = p.parse_args(argv)
+    setup_logging()
+    runs, options = args.runs, args.report
     try:
         samples = samples_by_run("--samples", args.samples, runs)
         examples = paths_by_run("--examples-page", args.examples_page, runs)
     except ValueError as err:
-        parser.error(str(err))
-    options = parse_options(args.report)
+        p.error(str(err))
     summary = read_summary(args.summary)
-    _write(args.summary_page, summary_table(summary, runs))
-    _write(args.environment_page, environment_page(args.workflow_dir))
-    from aha.report.explorer import examples_page  # it builds on this module's page()
-
-    for run, path in examples.items():
-        text = examples_page(
-            runs[run],
-            samples.get(run, {}),
-            options.examples_per_checkpoint,
-            options.explorer_per_checkpoint,
-        )
-        _write(path, text)
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    with failing_as(prog, OSError):  # an output that cannot be written: one line
+        write(args.summary_page, summary_table(summary, runs))
+        write(args.environment_page, environment_page(args.workflow_dir))
+        for run, path in examples.items():
+            text = examples_page(
+                runs[run],
+                samples.get(run, {}),
+                options.examples_per_checkpoint,
+                options.explorer_per_checkpoint,
+            )
+            write(path, text)
+    log.info("wrote the summary and environment pages and %d examples pages", len(examples))

@@ -10,15 +10,14 @@ SIGTERM or SIGINT (SLURM preemption, a killed snakemake) asks the trainer to sav
 at the end of the current step and stop; the process then exits non-zero so the job counts as
 failed and its rerun resumes. SIGKILL loses the steps since the newest checkpoint-N.
 
-Per-mode settings are pure functions of the run spec (`build_grpo_args`, `model_init_kwargs`,
-`quantization_kwargs`, `lora_kwargs`), testable without CUDA; bitsandbytes, peft, deepspeed and
-vLLM are only imported (by TRL or `build_peft_objects`) in the GPU modes, after `aha.launch.gpu`
-checked that they are installed.
+The run is an `aha.run.Run` (`--run`, the JSON the train rule passes): what its mode implies,
+the GRPOConfig arguments among it, is the Run's and its mode's row, testable without CUDA;
+bitsandbytes, peft, deepspeed and vLLM are only imported (by TRL or `Run.peft_objects`) in the
+GPU modes, after `aha.launch.gpu` checked that they are installed.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import logging
@@ -33,8 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aha import formats
-from aha.config import MODES, ConfigError, uses_vllm_server, vllm_client_args
-from aha.config import quantization_kwargs as config_quantization
+from aha.cli import failing_as, json_arg, parser, setup_logging
+from aha.config import ConfigError
 from aha.formats import (
     LOG_FILE,
     STATE_FILE,
@@ -52,7 +51,7 @@ from aha.formats import (
 )
 from aha.launch import cpu_threads, gpu_monitor
 from aha.launch.stop_signals import StopRequest, block_stop_signals
-from aha.sections import RunSpec
+from aha.run import Run
 from aha.task import prompts
 from aha.task.grpo_rewards import SAMPLES_DIR, CompletionSampler, reward_funcs
 
@@ -62,137 +61,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aha.stages.train")
 
-# transformers 5: `gradient_checkpointing` is a deprecated alias of `activation_checkpointing`;
-# TRL's config still defaults the alias to True, so a mode default must set the new name.
-_CHECKPOINTING_KEYS = ("activation_checkpointing", "gradient_checkpointing")
-GPU_HINT = "pip install 'aha-countdown[gpu]' (or environment.yml), or use config/tiny.yaml on CPU"
-
 
 class TrainError(RuntimeError):
     """A run that cannot train or resume as configured; one line naming the fix."""
 
 
-# ----------------------------------------------------------------------------- run spec
+# ----------------------------------------------------------------------------- environment
 
 
-# ----------------------------------------------------------------------------- pure per-mode settings
-
-
-# Checkpoints TRL keeps in trainer/: the newest to resume from and one before it. The configured
-# steps' weights are copied out to weights/step-N when saved, so rotation never loses them; a
-# run that kept every checkpoint-N of a 3B ZeRO-3 run would hold ~43 GB each.
-SAVE_TOTAL_LIMIT = 2
-
-
-def mode_defaults(mode: str, device: str = "cuda") -> dict[str, Any]:
-    """GRPOConfig values a mode implies; each applies only where the run's grpo does not set it.
-
-    A GPU mode rehearsed on the CPU (`device: cpu`) keeps its GPU settings. qlora adds
-    `use_cpu`. zero3 must not (accelerate would then skip DeepSpeed and run one plain process):
-    it names the process group's backend instead, `ddp_backend: gloo`, without which accelerate
-    takes its world for a single process while DeepSpeed has two ranks.
-    """
-    if mode == "cpu":
-        return {
-            "use_cpu": True,
-            "bf16": False,
-            "activation_checkpointing": False,
-            "report_to": "none",
-            "save_total_limit": SAVE_TOTAL_LIMIT,
-        }
-    if mode in ("qlora", "zero3"):
-        defaults = {
-            "bf16": True,
-            "activation_checkpointing": True,
-            "report_to": "none",
-            "save_total_limit": SAVE_TOTAL_LIMIT,
-        }
-        if device != "cpu":
-            return defaults
-        return (
-            {**defaults, "use_cpu": True}
-            if mode == "qlora"
-            else {**defaults, "ddp_backend": "gloo"}
-        )
-    raise TrainError(f"unknown mode {mode!r} (expected one of {', '.join(MODES)})")
-
-
-def model_init_kwargs(spec: RunSpec) -> dict[str, Any]:
-    """`from_pretrained` kwargs from the model section (dtype, attention implementation)."""
-    kwargs: dict[str, Any] = {}
-    if spec.model.get("dtype"):
-        kwargs["dtype"] = spec.model["dtype"]
-    if spec.model.get("attn_implementation"):
-        kwargs["attn_implementation"] = spec.model["attn_implementation"]
-    return kwargs
-
-
-def build_grpo_args(spec: RunSpec, out_dir: str | Path, seed: int | None = None) -> dict[str, Any]:
-    """The GRPOConfig kwargs of a run: its `grpo` unchanged plus our overrides and mode defaults.
-
-    `output_dir` is always OUT/trainer (resume and weight export rely on it); the mode's
-    defaults fill only keys the run leaves unset; `seed` (the workflow seed) applies when grpo
-    sets none; model kwargs from the model section go under `model_init_kwargs`, below any the
-    run sets itself; in server mode the client goes to the ports the wrapper chose for this job.
-    """
-    grpo = dict(spec.grpo)
-    args = dict(grpo)
-    for key, value in mode_defaults(spec.mode, spec.device).items():
-        aliases = _CHECKPOINTING_KEYS if key in _CHECKPOINTING_KEYS else (key,)
-        if not any(alias in grpo for alias in aliases):
-            args[key] = value
-    if seed is not None and "seed" not in grpo:
-        args["seed"] = seed
-    # server mode: the server and weight-sync ports its wrapper chose for this job
-    args.update(vllm_client_args({"mode": spec.mode, "grpo": grpo}, dict(os.environ)))
-    if "output_dir" in grpo:
-        log.warning("grpo.output_dir is ignored: training state lives in OUT/%s", TRAINER_DIR)
-    args["output_dir"] = str(Path(out_dir) / TRAINER_DIR)
-    init_kwargs = {**model_init_kwargs(spec), **(grpo.get("model_init_kwargs") or {})}
-    if spec.mode == "qlora" and spec.device == "cuda":
-        # TRL's default for one process is device_map="auto", which spreads the 4-bit base
-        # over every visible GPU; the job's GPU is the first one it sees.
-        init_kwargs.setdefault("device_map", {"": 0})
-    args["model_init_kwargs"] = init_kwargs or None
-    return args
-
-
-def quantization_kwargs(spec: RunSpec) -> dict[str, Any] | None:
-    """BitsAndBytesConfig kwargs (qlora only): 4-bit NF4 with bf16 compute unless overridden."""
-    return config_quantization(spec.mode, spec.quantization)
-
-
-def lora_kwargs(spec: RunSpec) -> dict[str, Any] | None:
-    """peft.LoraConfig kwargs (qlora only): the notebook's r/alpha/dropout unless overridden."""
-    if spec.mode != "qlora":
-        return None
-    defaults = {
-        "r": 16,
-        "lora_alpha": 32,
-        "lora_dropout": 0.05,
-        "target_modules": "all-linear",
-        "task_type": "CAUSAL_LM",
-    }
-    return {**defaults, **spec.lora}
-
-
-def build_peft_objects(spec: RunSpec) -> dict[str, Any]:
-    """GRPOTrainer's `quantization_config` and `peft_config` for qlora (TRL >= 1.8 takes both)."""
-    if spec.mode != "qlora":
-        return {}
-    try:
-        from peft import LoraConfig
-    except ImportError:
-        raise TrainError(f"mode qlora needs peft: {GPU_HINT}") from None
-    from transformers import BitsAndBytesConfig
-
-    return {
-        "quantization_config": BitsAndBytesConfig(**quantization_kwargs(spec)),
-        "peft_config": LoraConfig(**lora_kwargs(spec)),
-    }
-
-
-def check_environment(spec: RunSpec, model: str) -> None:
+def check_environment(run: Run, model: str) -> None:
     """GPU modes: packages and CUDA present; a model that is neither local nor reachable.
 
     Each failure is one line naming the fix (aha.launch.gpu), before any slow import or download.
@@ -200,7 +77,7 @@ def check_environment(spec: RunSpec, model: str) -> None:
     from aha.launch import gpu
 
     try:
-        gpu.check_mode(spec.mode, spec.grpo, spec.device)
+        gpu.check_run(run)
         if not Path(model).is_dir():
             gpu.resolve_model(model)
     except gpu.GpuEnvError as err:
@@ -346,7 +223,7 @@ def make_timing_callback(timer: GenerationTimer) -> TrainerCallback:
 
 
 def make_callbacks(
-    spec: RunSpec,
+    run: Run,
     out_dir: Path,
     stop: StopRequest,
     seconds_before: float,
@@ -360,7 +237,7 @@ def make_callbacks(
         """Save at exactly the configured steps (and the last), export their weights."""
 
         def __init__(self) -> None:
-            self.steps = frozenset(spec.checkpoints)
+            self.steps = frozenset(run.checkpoints)
             self.started = time.monotonic()
             # Set by `train` under several processes: all ranks must agree to stop together.
             self.sync: Callable[[bool], bool] = lambda flag: flag
@@ -419,70 +296,100 @@ class TrainResult:
 
 
 def train(
-    spec: RunSpec,
+    run: Run,
     data_dir: Path,
     model: str,
     out_dir: Path,
-    seed: int | None = None,
     *,
     sample_rate: float = 0.1,
     extra_callbacks: Sequence[TrainerCallback] = (),
 ) -> TrainResult:
-    """Train one run to `grpo.max_steps`, resuming from OUT/trainer's newest checkpoint if any."""
+    """Train one run to `grpo.max_steps`, resuming from OUT/trainer's newest checkpoint if any:
+    resume, or stop at once when it finished before; else build the trainer and train."""
     out_dir = Path(out_dir)
-    check_environment(spec, model)
-    trainer_dir = out_dir / TRAINER_DIR
-    grpo_args = build_grpo_args(spec, out_dir, seed)
-    is_main = int(os.environ.get("RANK", "0")) == 0
+    check_environment(run, model)
+    grpo_args = run.grpo_args(out_dir)  # a pinned port the wrapper did not take fails first
+    resume = resume_point(run, out_dir)
+    if resume is not None and checkpoint_step(resume) >= run.max_steps:
+        return finished_before(run, resume, out_dir, model)
+    stop = StopRequest()
+    trainer = build_trainer(
+        run, grpo_args, data_dir, model, out_dir, resume, stop, sample_rate, extra_callbacks
+    )
+    return fit(run, trainer, stop, out_dir, model, resume)
 
-    if is_main:
+
+def _rank_zero() -> bool:  # before the trainer (and its accelerator) exists
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def resume_point(run: Run, out_dir: Path) -> Path | None:
+    """The newest whole checkpoint-N to resume from, None for a fresh run. Partial checkpoints
+    (a kill interrupted their saving) are removed, and the configured steps' weights a killed
+    run had not exported yet recovered from the checkpoints (rank 0)."""
+    trainer_dir = out_dir / TRAINER_DIR
+    if _rank_zero():
         for path in remove_partial_checkpoints(trainer_dir):
             log.warning("removed the partial checkpoint %s (a kill interrupted its saving)", path)
     resume = newest_checkpoint(trainer_dir)
-    done = checkpoint_step(resume) if resume else 0
     if resume is not None:
-        log.info("resuming from %s (step %d of %d)", resume, done, spec.max_steps)
-        if is_main:
-            recover_weights(spec.checkpoints, out_dir, done)
-    if done >= spec.max_steps:  # finished before; only the declared outputs are missing
-        state = json.loads((resume / "trainer_state.json").read_text())
-        if is_main:
-            write_log_history(out_dir / LOG_FILE, state.get("log_history", []))
-            manifests = write_manifests(spec.name, spec.mode, spec.checkpoints, out_dir, model)
-        return TrainResult(done, None, str(resume), manifests if is_main else [])
+        done = checkpoint_step(resume)
+        log.info("resuming from %s (step %d of %d)", resume, done, run.max_steps)
+        if _rank_zero():
+            recover_weights(run.checkpoints, out_dir, done)
+    return resume
 
+
+def finished_before(run: Run, resume: Path, out_dir: Path, model: str) -> TrainResult:
+    """A run that trained to max_steps before: only its declared outputs are written again."""
+    done = checkpoint_step(resume)
+    manifests: list[Path] = []
+    if _rank_zero():
+        state = json.loads((resume / "trainer_state.json").read_text())
+        write_log_history(out_dir / LOG_FILE, state.get("log_history", []))
+        manifests = write_manifests(run.name, run.mode.name, run.checkpoints, out_dir, model)
+    return TrainResult(done, None, str(resume), manifests)
+
+
+def build_trainer(
+    run: Run,
+    grpo_args: dict[str, Any],
+    data_dir: Path,
+    model: str,
+    out_dir: Path,
+    resume: Path | None,
+    stop: StopRequest,
+    sample_rate: float,
+    extra_callbacks: Sequence[TrainerCallback] = (),
+) -> Any:
+    """The GRPOTrainer: a rehearsal's patches and server mode's bound on calls to the server
+    first, then TRL's GRPOConfig (its own validation, one line), the seeded dataset, rewards
+    and completion samples, our callbacks (then `extra_callbacks`), the LoRA/NF4 objects."""
     from transformers import AutoTokenizer, set_seed
     from trl import GRPOConfig, GRPOTrainer
 
-    if spec.device == "cpu" and spec.mode != "cpu":
+    if run.rehearsal:
         from aha.launch import cpu_rehearsal
 
-        cpu_rehearsal.prepare(spec.grpo)
-    if uses_vllm_server({"mode": spec.mode, "grpo": spec.grpo}):
-        from aha.launch import (
-            weight_sync,  # after the rehearsal's stand-ins, so they are bounded too
-        )
+        cpu_rehearsal.prepare(run)
+    if run.uses_vllm_server:
+        from aha.launch import weight_sync  # after the rehearsal's stand-ins: bounded too
 
-        if spec.weight_sync_timeout_s is None:
-            raise TrainError(f"runs.{spec.name}.weight_sync_timeout_s: required in server mode")
-        weight_sync.install(
-            spec.weight_sync_timeout_s, setting=f"runs.{spec.name}.weight_sync_timeout_s"
-        )
-
+        setting = f"runs.{run.name}.weight_sync_timeout_s"
+        weight_sync.install(run.weight_sync_timeout_s, setting=setting)
     try:
         config = GRPOConfig(**grpo_args)
     except (TypeError, ValueError) as err:  # TRL validates its own options
-        raise TrainError(f"runs.{spec.name}.grpo: TRL's GRPOConfig refused it: {err}") from None
+        raise TrainError(f"runs.{run.name}.grpo: TRL's GRPOConfig refused it: {err}") from None
     set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(model, padding_side="left", truncation_side="left")
     dataset = load_train_dataset(data_dir, tokenizer)
     sampler = CompletionSampler(out_dir / SAMPLES_DIR, seed=config.seed, rate=sample_rate)
-    if is_main:
+    if _rank_zero():
         sampler.touch()
-    stop = StopRequest()
     seconds_before = float(read_state_file(resume).get("train_seconds", 0.0)) if resume else 0.0
     timer = GenerationTimer()
-    callbacks = make_callbacks(spec, out_dir, stop, seconds_before, timer)
+    callbacks = make_callbacks(run, out_dir, stop, seconds_before, timer)
     trainer = GRPOTrainer(
         model=model,
         reward_funcs=reward_funcs(sampler),
@@ -490,11 +397,11 @@ def train(
         train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[*callbacks, *extra_callbacks],
-        **build_peft_objects(spec),
+        **run.peft_objects(),
     )
     timer.wrap(trainer)
     accelerator = trainer.accelerator
-    if accelerator.num_processes > 1:
+    if accelerator.num_processes > 1:  # every rank stops at the same step
         import torch
 
         def any_rank(flag: bool) -> bool:
@@ -502,14 +409,22 @@ def train(
             return bool(accelerator.reduce(flags, reduction="sum").item() > 0)
 
         callbacks[0].sync = any_rank
-    is_main = accelerator.is_main_process
+    return trainer
 
+
+def fit(
+    run: Run, trainer: Any, stop: StopRequest, out_dir: Path, model: str, resume: Path | None
+) -> TrainResult:
+    """Train with the stop signals installed; the manifests once max_steps is reached, or a
+    stopped run's step (a rerun resumes from the checkpoint its stop saved)."""
+    resumed = str(resume) if resume else None
     stop.install()
     try:
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        trainer.train(resume_from_checkpoint=resumed)
     finally:
         stop.uninstall()
     step = trainer.state.global_step
+    is_main = trainer.accelerator.is_main_process
     if is_main:
         write_log_history(out_dir / LOG_FILE, trainer.state.log_history)
     if stop.signum is not None:
@@ -517,74 +432,55 @@ def train(
         log.warning(
             "stopped by %s at step %d; a rerun resumes from checkpoint-%d", name, step, step
         )
-        return TrainResult(step, name, str(resume) if resume else None, [])
-    manifests = (
-        write_manifests(spec.name, spec.mode, spec.checkpoints, out_dir, model) if is_main else []
-    )
-    accelerator.wait_for_everyone()
-    return TrainResult(step, None, str(resume) if resume else None, manifests)
+        return TrainResult(step, name, resumed, [])
+    manifests = []
+    if is_main:
+        manifests = write_manifests(run.name, run.mode.name, run.checkpoints, out_dir, model)
+    trainer.accelerator.wait_for_everyone()
+    return TrainResult(step, None, resumed, manifests)
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
 def cli(argv: list[str], prog: str) -> None:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="GRPO training of one run with TRL: checkpoints at exactly the configured "
-        "steps, resume from the newest checkpoint, train_log.jsonl and completion samples.",
-    )
-    parser.add_argument(
-        "--run-spec",
+    p = parser(prog, __doc__)
+    p.add_argument(
+        "--run",
         required=True,
-        help="the run's settings as one JSON string: aha.config.run_view(config, run) "
-        "(name, mode, model, checkpoints, grpo, lora, quantization, vllm_server)",
+        type=json_arg(Run.from_json),
+        metavar="JSON",
+        help="the run as one JSON object, as the train rule passes it (aha.run.Run.to_json: "
+        "name, seed, mode, device, model, checkpoints, grpo, lora, quantization, ...)",
     )
-    parser.add_argument(
+    p.add_argument(
         "--data-dir", type=Path, required=True, help="folder holding train.parquet (results/data)"
     )
-    parser.add_argument(
+    p.add_argument(
         "--model", required=True, help="the policy to start from: a model directory or a Hub id"
     )
-    parser.add_argument(
+    p.add_argument(
         "--out-dir",
         type=Path,
         required=True,
         help="run folder (results/runs/RUN/seed-SEED): trainer/, weights/, checkpoints/, train_log.jsonl",
     )
-    parser.add_argument(
-        "--seed", type=int, default=None, help="seed used when the run's grpo sets no `seed`"
-    )
-    parser.add_argument(
+    p.add_argument(
         "--sample-rate",
         type=float,
         default=0.1,
         help="share of completions written to completion_samples/ (default 0.1, as the seed)",
     )
-    args = parser.parse_args(argv)
+    args = p.parse_args(argv)
     block_stop_signals()  # before any thread starts: see StopRequest
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s", force=True
-    )
+    setup_logging()
+    run: Run = args.run
     # GPU memory into $AHA_GPU_LOG (rank 0, when nvidia-smi exists); its thread starts after
     # block_stop_signals, so it never takes a stop signal either
-    with gpu_monitor.monitor():
-        try:
-            spec = RunSpec.from_view(json.loads(args.run_spec))
-            if spec.mode == "cpu":
-                cpu_threads.fit_torch_threads()  # fewer threads beside a busy neighbour
-            result = train(
-                spec,
-                args.data_dir,
-                args.model,
-                args.out_dir,
-                args.seed,
-                sample_rate=args.sample_rate,
-            )
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"{prog}: --run-spec is not JSON: {err}") from None
-        except (TrainError, CheckpointError, ConfigError) as err:
-            raise SystemExit(f"{prog}: {err}") from None
+    with gpu_monitor.monitor(), failing_as(prog, TrainError, CheckpointError, ConfigError):
+        if run.mode.cpu_only:
+            cpu_threads.fit_torch_threads()  # fewer threads beside a busy neighbour
+        result = train(run, args.data_dir, args.model, args.out_dir, sample_rate=args.sample_rate)
     if result.stopped_by is not None:
         print(
             f"{prog}: stopped by {result.stopped_by} at step {result.global_step}; rerun to resume",

@@ -27,18 +27,28 @@ def _check_count(name: str, value: object) -> int:
     return value
 
 
+def _check_trials(
+    where: str, names: tuple[str, str], successes: int, n: int, no_trials: str
+) -> None:
+    """`successes` of `n` trials: two counts, at least one trial (else `where: no_trials`), no
+    more successes than trials; `names` name the two in the messages."""
+    _check_count(names[0], successes)
+    _check_count(names[1], n)
+    if n == 0:
+        raise ValueError(f"{where}: {no_trials}")
+    if successes > n:
+        raise ValueError(f"{where}: {names[0]} {successes} > {names[1]} {n}")
+
+
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (default 95%).
 
     Chosen over the normal (Wald) interval because it stays inside [0, 1] and keeps its coverage
     at 0% and 100%, which early checkpoints hit. n = 0 has no interval: ValueError.
     """
-    _check_count("successes", successes)
-    _check_count("n", n)
-    if n == 0:
-        raise ValueError("wilson_interval: n = 0 trials has no interval")
-    if successes > n:
-        raise ValueError(f"wilson_interval: successes {successes} > n {n}")
+    _check_trials(
+        "wilson_interval", ("successes", "n"), successes, n, "n = 0 trials has no interval"
+    )
     if not (math.isfinite(z) and z > 0):
         raise ValueError(f"wilson_interval: z must be a positive number, got {z}")
     p = successes / n
@@ -61,12 +71,10 @@ def fisher_exact_p(successes_a: int, n_a: int, successes_b: int, n_b: int) -> fl
     rule). Integer arithmetic, so ties are exact and no tolerance is needed. n = 0: ValueError.
     """
     for name, successes, n in (("a", successes_a, n_a), ("b", successes_b, n_b)):
-        _check_count(f"successes_{name}", successes)
-        _check_count(f"n_{name}", n)
-        if n == 0:
-            raise ValueError(f"fisher_exact_p: n_{name} = 0 trials has no proportion")
-        if successes > n:
-            raise ValueError(f"fisher_exact_p: successes_{name} {successes} > n_{name} {n}")
+        names = (f"successes_{name}", f"n_{name}")
+        _check_trials(
+            "fisher_exact_p", names, successes, n, f"n_{name} = 0 trials has no proportion"
+        )
     total = successes_a + successes_b
     # ways to place `total` successes with k of them in group a
     ways = [
@@ -93,13 +101,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     n samples of which c are correct; the chance that k drawn without replacement contain one.
     Evaluated as a product, which avoids huge binomials.
     """
-    _check_count("n", n)
-    _check_count("c", c)
+    _check_trials("pass_at_k", ("c", "n"), c, n, "n must be >= 1")
     _check_count("k", k)
-    if n == 0:
-        raise ValueError("pass_at_k: n must be >= 1")
-    if c > n:
-        raise ValueError(f"pass_at_k: c {c} > n {n}")
     if not 1 <= k <= n:
         raise ValueError(f"pass_at_k: k must be in [1, n={n}], got {k}")
     if n - c < k:

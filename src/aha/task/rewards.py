@@ -173,6 +173,20 @@ def _node(op: str, a: Node, b: Node) -> Node:
     return op, a, b
 
 
+def _reduce(
+    values: list[T], ops: list[str], combine: Callable[[str, T, T], T | None], prec: int = 1
+) -> bool:
+    """Apply the operators on top of `ops` that bind at least as tightly as `prec`, down to the
+    nearest "(" (prec 1: all of them); False as soon as `combine` gives None."""
+    while ops and ops[-1] != "(" and _OPERATORS[ops[-1]] >= prec:
+        b, a = values.pop(), values.pop()
+        result = combine(ops.pop(), a, b)
+        if result is None:
+            return False
+        values.append(result)
+    return True
+
+
 def _fold(
     tokens: Sequence[Any],
     leaf: Callable[[Any], T],
@@ -188,13 +202,6 @@ def _fold(
     values: list[T] = []
     ops: list[str] = []
     want_operand, depth = True, 0
-
-    def reduce() -> bool:
-        b, a = values.pop(), values.pop()
-        result = combine(ops.pop(), a, b)
-        values.append(result)  # type: ignore[arg-type]
-        return result is not None
-
     for tok in tokens:
         symbol = tok if type(tok) is str and tok in _SYMBOLS else None
         if want_operand:
@@ -209,27 +216,19 @@ def _fold(
             else:
                 return None  # an operator where an operand belongs: unary sign, **, //, ")"
         elif symbol == ")":
-            if depth == 0:
+            if depth == 0 or not _reduce(values, ops, combine):
                 return None
-            while ops[-1] != "(":
-                if not reduce():
-                    return None
             ops.pop()
             depth -= 1
         elif symbol in _OPERATORS:
-            prec = _OPERATORS[symbol]
-            while ops and ops[-1] != "(" and _OPERATORS[ops[-1]] >= prec:
-                if not reduce():
-                    return None
+            if not _reduce(values, ops, combine, _OPERATORS[symbol]):
+                return None
             ops.append(symbol)
             want_operand = True
         else:
             return None  # an operand or "(" right after an operand
-    if want_operand or depth:
+    if want_operand or depth or not _reduce(values, ops, combine):
         return None
-    while ops:
-        if not reduce():
-            return None
     return values[0]
 
 
