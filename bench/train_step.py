@@ -17,6 +17,7 @@ model and data of the workflow (`snakemake --cores 2 results/models/tiny`) or an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import statistics
 import sys
@@ -28,8 +29,7 @@ from pathlib import Path
 import yaml
 
 from aha import formats
-from aha.config import run_view
-from aha.sections import RunSpec
+from aha.run import Run
 from aha.stages import train
 
 PHASES = {
@@ -76,10 +76,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     config = yaml.safe_load(Path(args.config).read_text())
     run = args.run or next(iter(config["runs"]))
-    view = run_view(config, run)
-    view["grpo"].update(max_steps=args.steps, logging_steps=1, save_steps=10**6)
-    view["checkpoints"] = [args.steps]
-    spec = RunSpec.from_view(view)
+    spec = Run.build(config, run)
+    grpo = {**spec.grpo, "max_steps": args.steps, "logging_steps": 1, "save_steps": 10**6}
+    spec = dataclasses.replace(spec, grpo=grpo, checkpoints=(args.steps,))
 
     timers: dict[str, float] = defaultdict(float)
     instrument(timers)
@@ -112,7 +111,7 @@ def main() -> None:
         log = [row for _, row in formats.records(out / formats.LOG_FILE)]
     lengths = [row["completions/mean_length"] for row in log if "completions/mean_length" in row]
 
-    g = view["grpo"]
+    g = spec.grpo
     print(
         f"\nmodel {args.model}, run {run}: {g.get('per_device_train_batch_size')} completions/step "
         f"({g.get('num_generations')} per prompt), max_completion_length "

@@ -24,7 +24,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from aha.tiny.traces import value
+from aha.task.countdown import value
 
 STEP = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
 

@@ -17,7 +17,7 @@
 #   zero3          accelerate launch (workflow/accelerate/zero3.yaml) on 1 process, DeepSpeed
 #                  ZeRO-3, use_vllm false, checkpoints 2 and 4 (16-bit model.safetensors)
 #   sample-*       python -m aha sample from each step-4 checkpoint, with the sampler the rule
-#                  picks (aha.config.sampling_plan): qlora in NF4 with transformers, as on a
+#                  picks (aha.run.Run.sample_backend): qlora in NF4 with transformers, as on a
 #                  cluster; zero3 with transformers here (vLLM is not carried)
 #   qlora-resume   the qlora run again with max_steps 6: must resume from checkpoint-4
 #   zero3-resume   the same for zero3 (DeepSpeed's own checkpoint state)
@@ -28,8 +28,8 @@
 # stop the next (stages that need its output are "skipped"). $OUT/summary.tsv: stage, status
 # (ok, failed, timeout, skipped), seconds; $OUT/metrics.tsv: s/step (train_log.jsonl, step 1
 # excluded) and peak GPU memory (nvidia-smi sampled every 500 ms). Exit status 1 if any stage
-# failed. The training argv comes from aha.launch.commands.train_command and the run specs from
-# aha.config.run_view, as in the workflow's train rule.
+# failed. The runs come from aha.run.Run.build and their training argv from aha.launch.commands.train_command, as
+# in the workflow's train rule.
 #
 # The whole script takes at most 8 minutes (SMOKE_BUDGET_S, 465 s of stages, plus the summary).
 # With more than 8 files in $OUT, everything but summary.tsv, metrics.tsv and versions.txt is
@@ -262,8 +262,8 @@ EOF
     return "$rc"
 }
 
-# Run specs (aha.config.run_view of a config like the workflow's), the training argv
-# (aha.launch.commands.train_command), the sampling and quantization JSON, all into $SETUP.
+# The runs (aha.run.Run.build of a config like the workflow's, on one device), as JSON, the
+# training argv (aha.launch.commands.train_command), the sampling and quantization JSON, all into $SETUP.
 specs() {
     timed "$PYTHON" - "$DEVICE" "$PYTHON" "$MODEL" "$DATA" "$WORK" "$SETUP" <<'EOF'
 import copy, dataclasses, json, sys
@@ -272,7 +272,8 @@ from pathlib import Path
 import pandas as pd
 
 from aha import config as C
-from aha.launch.commands import commands as launch
+from aha.launch.commands import train_command
+from aha.run import Run
 from aha.sections import Sampling, section
 
 device, python, model, data, work, setup = sys.argv[1:]
@@ -306,24 +307,26 @@ for run in resumed["runs"].values():
     run["checkpoints"] = [2, 4, 6]
 jobs = {"qlora": (config, "smoke-qlora"), "zero3": (config, "smoke-zero3"),
         "qlora-resume": (resumed, "smoke-qlora"), "zero3-resume": (resumed, "smoke-zero3")}
-for job, (cfg, run) in jobs.items():
-    spec = C.run_view(cfg, run)
+for job, (cfg, name) in jobs.items():
+    # One device: the GPU of this machine, or one CPU rank (a rehearsal's zero3 would have 2).
+    run = dataclasses.replace(Run.build(cfg, name), devices=1)
+    spec = run.to_json()
     out_dir = f"{work}/{job.removesuffix('-resume')}"
-    args = ["--run-spec", json.dumps(spec), "--data-dir", data, "--model", model,
-            "--out-dir", out_dir, "--seed", "42"]
-    argv = launch.train_command(spec, 1, python, args,
-                                accelerate_config=f"{repo}/workflow/accelerate/zero3.yaml")
-    (setup / f"spec-{job}.json").write_text(json.dumps(spec))
+    args = ["--run", spec, "--data-dir", data, "--model", model, "--out-dir", out_dir]
+    argv = train_command(run, args, gpus=1, python=python,
+                         accelerate_config=f"{repo}/workflow/accelerate/zero3.yaml")
+    (setup / f"spec-{job}.json").write_text(spec)
     (setup / f"argv-{job}").write_text("\0".join(argv) + "\0")
-    print(f"{job}: {' '.join(a if a != args[1] else 'SPEC' for a in argv)}")
-    print(f"  spec: {json.dumps(spec)}")
+    print(f"{job}: {' '.join(a if a != spec else 'RUN' for a in argv)}")
+    print(f"  run: {spec}")
 sampling = {"k": 2, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 32, "batch_size": 16,
             "seed": 1}
 if "backend" in {f.name for f in dataclasses.fields(Sampling)}:
     sampling["backend"] = "hf"
 section(Sampling, sampling)  # the sampling section as the DAG checks it
 (setup / "sampling.json").write_text(json.dumps(sampling))
-backend, quant = C.sampling_plan(C.run_view(config, "smoke-qlora"), "auto")
+qlora = Run.build(config, "smoke-qlora")
+backend, quant = qlora.sample_backend, qlora.quantization
 assert backend == "hf" and quant, (backend, quant)  # the sampler the rule picks for qlora
 (setup / "quantization.json").write_text(json.dumps(quant))
 rows = len(pd.read_parquet(Path(data) / "eval.parquet"))
@@ -445,8 +448,8 @@ stage versions 90 "" versions
 [[ -f $OUT/versions.log ]] && mv "$OUT/versions.log" "$OUT/versions.txt"
 stage specs 60 "" specs
 stage contracts 90 "" timed "$PYTHON" -m aha check-contracts --model "$MODEL"
-stage check-gpu-qlora 60 specs timed "$PYTHON" -m aha check-gpu --run-spec "$(cat "$SETUP/spec-qlora.json" 2>/dev/null)" --model "$MODEL"
-stage check-gpu-zero3 60 specs timed "$PYTHON" -m aha check-gpu --run-spec "$(cat "$SETUP/spec-zero3.json" 2>/dev/null)" --model "$MODEL"
+stage check-gpu-qlora 60 specs timed "$PYTHON" -m aha check-gpu --run "$(cat "$SETUP/spec-qlora.json" 2>/dev/null)" --model "$MODEL"
+stage check-gpu-zero3 60 specs timed "$PYTHON" -m aha check-gpu --run "$(cat "$SETUP/spec-zero3.json" 2>/dev/null)" --model "$MODEL"
 stage qlora 180 specs train qlora
 stage zero3 210 specs train zero3
 stage sample-qlora 90 qlora sample qlora

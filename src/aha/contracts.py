@@ -37,6 +37,7 @@ from unittest import mock
 from aha.cli import failing_as, parser, setup_logging
 from aha.config import ConfigError, check, validate_section
 from aha.launch import gpu
+from aha.launch.commands import train_command
 
 if TYPE_CHECKING:
     from aha.run import Run
@@ -254,7 +255,7 @@ def contracts(config: dict[str, Any], model_dir: str, accelerate_config: str) ->
             load = {**run.peft_objects(), **(grpo["model_init_kwargs"] or {})}
             found.append(Contract(f"{name}: train, NF4 base", _bind(check_bnb_load, load)))
         if run.mode.launcher == "accelerate":
-            command = run.launch_argv([], model=model_dir, accelerate_config=accelerate_config)
+            command = train_command(run, [], model=model_dir, accelerate_config=accelerate_config)
             options = accelerate_options(command)
             found.append(
                 Contract(

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -31,7 +31,6 @@ from typing import Any
 from aha import config as cfg
 from aha.config import ConfigError
 from aha.formats import TRAINER_DIR
-from aha.launch import commands
 
 log = logging.getLogger("aha.run")
 
@@ -335,33 +334,6 @@ class Run:
         if gpus is None or self.device != "cuda":
             return self
         return dataclasses.replace(self, devices=int(gpus))
-
-    def stop_budget(self, slurm_extra: str | None = None) -> commands.StopBudget:
-        """How long each layer of the job has to stop after SIGTERM (aha.launch.commands)."""
-        return commands.stop_budget(self, slurm_extra)
-
-    def launch_argv(
-        self,
-        train_args: Sequence[str],
-        *,
-        gpus: int | None = None,
-        python: str = "python",
-        model: str | None = None,
-        server_log: str | None = None,
-        accelerate_config: str | None = None,
-        budget: commands.StopBudget | None = None,
-    ) -> list[str]:
-        """The argv that trains this run on the job's `gpus`: the mode's launcher around
-        `python -m aha train TRAIN_ARGS` (aha.launch.commands.train_command)."""
-        return commands.train_command(
-            self.on(gpus),
-            python,
-            train_args,
-            model=model,
-            server_log=server_log,
-            accelerate_config=accelerate_config,
-            budget=budget,
-        )
 
     # -------------------------------------------------------------------- one JSON argument
 

@@ -43,21 +43,21 @@ def spec(mode: str, gpus: int | None = None, vllm_server: dict | None = None, **
 
 
 def test_cpu_and_qlora_run_one_plain_process():
-    assert train_command(spec("cpu"), PY, ARGS) == [PY, "-m", "aha", "train", *ARGS]
-    assert train_command(spec("qlora"), PY, ARGS) == [PY, "-m", "aha", "train", *ARGS]
-    assert spec("qlora").launch_argv(ARGS, python=PY) == [PY, "-m", "aha", "train", *ARGS]
+    assert train_command(spec("cpu"), ARGS, python=PY) == [PY, "-m", "aha", "train", *ARGS]
+    assert train_command(spec("qlora"), ARGS, python=PY) == [PY, "-m", "aha", "train", *ARGS]
+    assert train_command(spec("qlora"), ARGS, python=PY) == [PY, "-m", "aha", "train", *ARGS]
 
 
 def test_qlora_without_a_gpu_is_refused():
     with pytest.raises(LaunchError, match=r"runs\.r: mode qlora needs 1 GPU \(resources gpu=0\)"):
-        train_command(spec("qlora", gpus=0), PY, ARGS)
+        train_command(spec("qlora", gpus=0), ARGS, python=PY)
     with pytest.raises(LaunchError, match=r"needs 1 GPU \(resources gpu=0\)"):
-        spec("qlora").launch_argv(ARGS, gpus=0)  # the job's GPUs replace the mode's
+        train_command(spec("qlora"), ARGS, gpus=0)  # the job's GPUs replace the mode's
 
 
 def test_zero3_colocate_launches_accelerate_on_every_gpu():
     cmd = train_command(
-        spec("zero3", use_vllm=True, vllm_mode="colocate"), PY, ARGS, accelerate_config=ZERO3
+        spec("zero3", use_vllm=True, vllm_mode="colocate"), ARGS, python=PY, accelerate_config=ZERO3
     )
     assert cmd == [
         # the default 300 s stop budget less torchrun's own exit: every rank saves on SIGTERM
@@ -79,7 +79,7 @@ def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
         vllm_server_port=8123,
     )
     cmd = train_command(
-        run, PY, ARGS, server_log="logs/train/r.vllm-server.log", accelerate_config=ZERO3
+        run, ARGS, python=PY, server_log="logs/train/r.vllm-server.log", accelerate_config=ZERO3
     )
     cut = cmd.index("--")
     assert cmd[:cut] == [
@@ -100,27 +100,27 @@ def test_zero3_server_trains_on_all_but_the_last_gpu_inside_the_wrapper():
 
 def test_zero3_server_serves_the_model_it_is_given_and_needs_two_gpus():
     run = spec("zero3", gpus=2, use_vllm=True, vllm_mode="server")
-    cmd = train_command(run, PY, [], model="results/models/tiny", accelerate_config=ZERO3)
+    cmd = train_command(run, [], python=PY, model="results/models/tiny", accelerate_config=ZERO3)
     assert cmd[cmd.index("--model") + 1] == "results/models/tiny"
     # no pinned port: the wrapper chooses free ones when the job starts
     assert "--port" not in cmd and "--group-port" not in cmd
     pinned = spec("zero3", gpus=2, use_vllm=True, vllm_mode="server", vllm_group_port=52000)
-    cmd = train_command(pinned, PY, [], accelerate_config=ZERO3)
+    cmd = train_command(pinned, [], python=PY, accelerate_config=ZERO3)
     assert cmd[cmd.index("--group-port") + 1] == "52000" and "--port" not in cmd
     assert "--server-args" not in cmd
     with pytest.raises(LaunchError, match="at least 2 GPUs"):
-        train_command(run.on(1), PY, [])
+        train_command(run.on(1), [], python=PY)
     with pytest.raises(LaunchError, match="at least 1 GPU"):
-        train_command(spec("zero3", gpus=0), PY, [])
+        train_command(spec("zero3", gpus=0), [], python=PY)
     with pytest.raises(LaunchError, match="needs an accelerate config file"):
-        train_command(spec("zero3", gpus=1), PY, [])  # no default path relative to the cwd
+        train_command(spec("zero3", gpus=1), [], python=PY)  # no default path relative to the cwd
 
 
 def test_zero3_without_vllm_use_is_plain_accelerate_even_if_mode_says_server():
     # vllm_mode only matters with use_vllm: no server is started for HF generation.
     run = spec("zero3", gpus=2, vllm_mode="server")
     assert not run.uses_vllm_server
-    cmd = train_command(run, PY, [], accelerate_config=ZERO3)
+    cmd = train_command(run, [], python=PY, accelerate_config=ZERO3)
     assert cmd[2:5] == [PY, "-m", "accelerate.commands.launch"]
     assert cmd[cmd.index("--num_processes") + 1] == "2"
 
@@ -132,7 +132,7 @@ def test_default_devices_per_mode():
 def test_seed_config_zero3_run_reproduces_the_seed_batch_on_four_gpus():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     run = Run.build(config, "qwen-zero3")
-    cmd = run.launch_argv([], accelerate_config=ZERO3)
+    cmd = train_command(run, [], accelerate_config=ZERO3)
     processes = int(cmd[cmd.index("--num_processes") + 1])
     assert processes == 3 and cmd[cmd.index("--model") + 1] == "Qwen/Qwen2.5-3B-Instruct"
     grpo = run.grpo

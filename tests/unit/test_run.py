@@ -14,6 +14,7 @@ import yaml
 from aha.config import ConfigError
 from aha.contracts import load_config
 from aha.launch import gpu
+from aha.launch.commands import train_command
 from aha.run import MODES, Mode, Run, build_all, mode_of
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,10 +88,10 @@ def test_each_row_and_what_it_makes_of_a_run(name: str, monkeypatch, tmp_path: P
     extra = {} if cpu_only else dict(mode.rehearsal_grpo)
     assert {k: rehearsal_args[k] for k in extra} == extra
     # the launcher
-    argv = on_gpu.launch_argv(["X"], accelerate_config=ZERO3)
+    argv = train_command(on_gpu, ["X"], accelerate_config=ZERO3)
     assert ("accelerate.commands.launch" in argv) == (launcher == "accelerate")
     assert (argv[0] == "env") == (launcher == "accelerate")  # torchrun's shutdown timeout
-    assert ("DS_ACCELERATOR=cpu" in rehearsed.launch_argv(["X"], accelerate_config=ZERO3)) is (
+    assert ("DS_ACCELERATOR=cpu" in train_command(rehearsed, ["X"], accelerate_config=ZERO3)) is (
         not cpu_only
     )
     # what check-gpu requires
@@ -238,7 +239,7 @@ def test_the_seed_configs_grpo_arguments_are_the_ones_it_always_trained_with() -
 def test_the_seed_configs_launch_argv_on_a_gpu_and_rehearsed() -> None:
     config = load_config([str(SEED)])
     args = ["--run", "RUN"]
-    assert Run.build(config, "qwen-zero3").launch_argv(
+    assert train_command(Run.build(config, "qwen-zero3"),
         args, model="M", server_log="L", accelerate_config=ZERO3
     ) == [
         "python", "-m", "aha", "with-vllm-server", "--model", "M", "--gpus", "4",
@@ -248,7 +249,7 @@ def test_the_seed_configs_launch_argv_on_a_gpu_and_rehearsed() -> None:
         "--config_file", ZERO3, "--num_processes", "3", "--main_process_port", "0",
         "-m", "aha", "train", *args,
     ]  # fmt: skip
-    assert Run.build(config, "qwen-qlora").launch_argv(args) == [
+    assert train_command(Run.build(config, "qwen-qlora"), args) == [
         "python",
         "-m",
         "aha",
@@ -258,7 +259,7 @@ def test_the_seed_configs_launch_argv_on_a_gpu_and_rehearsed() -> None:
     rehearsal = build_all(load_config(list(map(str, REHEARSAL))))
     cpu_env = ["env", "DS_ACCELERATOR=cpu", "VLLM_CPU_KVCACHE_SPACE=1"]
     model = "results/models/tiny"
-    assert rehearsal["qwen-zero3", 42].launch_argv(
+    assert train_command(rehearsal["qwen-zero3", 42],
         ["X"], model=model, accelerate_config=ZERO3
     ) == [
         *cpu_env, "python", "-m", "aha", "with-vllm-server", "--model", model, "--gpus", "3",
@@ -269,7 +270,7 @@ def test_the_seed_configs_launch_argv_on_a_gpu_and_rehearsed() -> None:
         "--num_processes", "2", "--main_process_port", "0", "--mixed_precision", "no",
         "-m", "aha", "train", "X",
     ]  # fmt: skip
-    assert rehearsal["qwen-qlora", 42].launch_argv(["X"]) == [
+    assert train_command(rehearsal["qwen-qlora", 42], ["X"]) == [
         *cpu_env,
         "python",
         "-m",
@@ -277,7 +278,7 @@ def test_the_seed_configs_launch_argv_on_a_gpu_and_rehearsed() -> None:
         "train",
         "X",
     ]
-    assert rehearsal["qwen-zero3-colocate", 42].launch_argv(["X"], accelerate_config=ZERO3) == [
+    assert train_command(rehearsal["qwen-zero3-colocate", 42], ["X"], accelerate_config=ZERO3) == [
         "env", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=285", *cpu_env[1:],
         "python", "-m", "accelerate.commands.launch", "--config_file", ZERO3,
         "--num_processes", "2", "--main_process_port", "0", "--mixed_precision", "no",

@@ -52,17 +52,17 @@ def test_every_timeout_derives_from_the_lead():
     line = server.describe()
     assert line.startswith("stop budget: SIGTERM 300 s before the time limit (slurm_extra ")
     assert all(f"{n} s" in line for n in (255, 240, 15, 45))
-    qlora = run_of("qlora").stop_budget("--signal=TERM@40")  # no launcher of ranks
+    qlora = stop_budget(run_of("qlora"), "--signal=TERM@40")  # no launcher of ranks
     assert "saves at the end of its step" in qlora.describe()
     with pytest.raises(LaunchError, match=r"runs\.r: slurm_extra --signal=TERM@80 leaves the"):
         stop_budget(SERVER_RUN, "--signal=TERM@80")  # 80 - 45 - 15 = 20 s: too short
 
 
 def test_the_argv_carries_the_budget():
-    budget = SERVER_RUN.stop_budget("--signal=TERM@600")
-    cmd = train_command(SERVER_RUN, "py", [], accelerate_config="z.yaml", budget=budget)
+    budget = stop_budget(SERVER_RUN, "--signal=TERM@600")
+    cmd = train_command(SERVER_RUN, [], python="py", accelerate_config="z.yaml", budget=budget)
     assert cmd[cmd.index("--grace") + 1] == "555" and cmd[cmd.index("--server-grace") + 1] == "30"
     assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=540" in cmd[cmd.index("--") :]
-    budget = COLOCATE_RUN.stop_budget("--signal=TERM@600")
-    cmd = COLOCATE_RUN.launch_argv([], python="py", accelerate_config="z.yaml", budget=budget)
+    budget = stop_budget(COLOCATE_RUN, "--signal=TERM@600")
+    cmd = train_command(COLOCATE_RUN, [], python="py", accelerate_config="z.yaml", budget=budget)
     assert cmd[:2] == ["env", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT=585"] and "--grace" not in cmd

@@ -31,7 +31,7 @@ from types import SimpleNamespace
 import pytest
 
 from aha.launch import process_tree, vllm_server
-from aha.launch.commands import DEFAULT_SIGNAL_LEAD_S
+from aha.launch.commands import DEFAULT_SIGNAL_LEAD_S, stop_budget
 from aha.launch.ports import PortError, PortWatch, reserve_ports
 from aha.launch.process_tree import descendants
 from aha.launch.vllm_server import cli_with_vllm_server, local_no_proxy, run_with_server
@@ -301,7 +301,7 @@ def test_grace_defaults_are_the_default_stop_budgets(monkeypatch):
         assert exc.value.code == 0
     server_run = {"mode": "zero3", "grpo": {"use_vllm": True, "vllm_mode": "server"}}
     config = {"device": "cuda", "model": {"source": "hub", "name_or_path": "M"}}
-    budget = Run.build({**config, "runs": {"r": server_run}}, "r").stop_budget()  # default lead
+    budget = stop_budget(Run.build({**config, "runs": {"r": server_run}}, "r"))  # default lead
     assert budget.lead_s == DEFAULT_SIGNAL_LEAD_S == 300
     assert (
         (calls[0]["grace"], calls[0]["server_grace"]) == (budget.wrapper_grace_s, 30) == (255, 30)

@@ -11,7 +11,7 @@ from snakemake.utils import validate
 
 from aha.config import ConfigError, check, schema_error
 from aha.launch.gpu_monitor import ENV_LOG, gpu_log_path, use_pci_device_order
-from aha.launch.commands import LaunchError
+from aha.launch.commands import LaunchError, stop_budget, train_command
 from aha.run import batch_notes, build_all, run_seeds, steps
 
 SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
@@ -224,14 +224,14 @@ def train_stop_budget(wildcards, resources):
     """The job's stop budget (aha.launch.commands.StopBudget): from the lead of the `--signal=TERM@N`
     in its slurm_extra, the one place it is set (profiles/slurm); 300 s without one."""
     try:
-        return train_run(wildcards, resources).stop_budget(resources.get("slurm_extra"))
+        return stop_budget(train_run(wildcards, resources), resources.get("slurm_extra"))
     except LaunchError as err:
         raise WorkflowError(str(err)) from None
 
 
 def launch_command(wildcards, resources):
-    """The mode's training command (aha.run.Run.launch_argv), its `aha train` args to follow."""
-    cmd = train_run(wildcards, resources).launch_argv(
+    """The mode's training command (aha.launch.commands.train_command), its `aha train` args to follow."""
+    cmd = train_command(train_run(wildcards, resources), 
         [],
         python="python",
         model=model_path(wildcards),

@@ -4,7 +4,7 @@
 # results/runs/{run}/seed-{seed}/trainer/, outside declared outputs, so a rerun of an
 # interrupted job resumes from its newest checkpoint-N instead of starting over. `--run` is the
 # job's aha.run.Run as one JSON argument (its seed is TRL's grpo.seed), so the log shows exactly
-# what trained. The command is the mode's launcher (aha.run.Run.launch_argv): `python -m aha
+# what trained. The command is the mode's launcher (aha.launch.commands.train_command): `python -m aha
 # train` (cpu, qlora); under `accelerate launch` (DeepSpeed ZeRO-3: zero3), on all GPUs with vLLM
 # colocated, or on all but the last with vLLM's `vllm serve` started there (on 127.0.0.1, on
 # ports the job chooses) and always stopped. Its stop timeouts all follow from the one

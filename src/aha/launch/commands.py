@@ -1,7 +1,7 @@
 """How a training run is launched, per mode, and how long a preempted run has to stop.
 
-`train_command` is pure: it takes the job's `aha.run.Run` (on the GPUs the job was given, see
-`Run.launch_argv`) and its stop budget, and gives the argv to which the rule appends the `aha
+`train_command` is pure: it takes the job's `aha.run.Run`, the GPUs the job was given, and its
+stop budget, and gives the argv to which the rule appends the `aha
 train` arguments. What it launches is the run's mode's `launcher`:
 
 - `python` (cpu, qlora): `python -m aha train ...`, one process (on one GPU, but for mode cpu).
@@ -28,13 +28,10 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from aha.launch.process_tree import KILL_WAIT_S
 from aha.launch.vllm_sampler import CPU_KVCACHE_GIB
-
-if TYPE_CHECKING:  # aha.run builds on this module
-    from aha.run import Run
+from aha.run import Run
 
 # The lead of profiles/slurm's `--signal=TERM@300`; also the budget of a run with no such signal
 # (a local run stopped with SIGTERM).
@@ -144,9 +141,10 @@ def pinned_ports(run: Run) -> dict[str, int]:
 
 def train_command(
     run: Run,
-    python: str,
     train_args: Sequence[str],
     *,
+    gpus: int | None = None,
+    python: str = "python",
     model: str | None = None,
     server_log: str | None = None,
     accelerate_config: str | None = None,
@@ -160,8 +158,10 @@ def train_command(
     server serves in server mode (default: the run's model.name_or_path); `server_log` is where
     the server's output goes. `accelerate_config` is the accelerate + DeepSpeed yaml of the
     accelerate launcher: the rule passes its path. `budget` (default: `stop_budget` without
-    slurm_extra) sets the timeouts of a preempted run's stop.
+    slurm_extra) sets the timeouts of a preempted run's stop. `gpus`, the job's (its
+    `resources: gpu`), replace the run's on cuda (`Run.on`).
     """
+    run = run.on(gpus)
     mode, devices = run.mode, run.devices
     unit = "CPU process" if run.rehearsal else "GPU"
     train = ["-m", "aha", "train", *train_args]
