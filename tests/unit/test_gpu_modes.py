@@ -264,7 +264,7 @@ def harness(tmp_path: Path):
     def command(action: str, *, mode: str = "ok", grace: float = 2.0, timeout: float = 30.0):
         wrapper = [
             sys.executable, "-c",
-            "import sys; from aha.launch.vllm_server import cli_with_vllm_server as c; "
+            "import sys; from aha.launch.vllm_server import cli as c; "
             "c(sys.argv[1:], 'with-vllm-server')",
             "--model", "Org/Model", "--gpus", "3", "--port", str(port),
             "--server-args", '{"gpu_memory_utilization": 0.5}',
@@ -381,10 +381,10 @@ def test_wrapper_refuses_a_busy_port(harness):
 
 
 def test_wrapper_needs_a_command():
-    from aha.launch.vllm_server import cli_with_vllm_server
+    from aha.launch.vllm_server import cli
 
     with pytest.raises(SystemExit) as exc:
-        cli_with_vllm_server(["--model", "M", "--gpus", "2"], "with-vllm-server")
+        cli(["--model", "M", "--gpus", "2"], "with-vllm-server")
     assert exc.value.code == 2
 
 

@@ -34,7 +34,7 @@ from aha.launch import process_tree, vllm_server
 from aha.launch.commands import DEFAULT_SIGNAL_LEAD_S, stop_budget
 from aha.launch.ports import PortError, PortWatch, reserve_ports
 from aha.launch.process_tree import descendants
-from aha.launch.vllm_server import cli_with_vllm_server, local_no_proxy, run_with_server
+from aha.launch.vllm_server import cli, local_no_proxy, run_with_server
 from aha.run import Run
 from tests.processes import alive, free_port, wait_until
 from tests.vllm_standins import DEAD_PROXY, GRANDCHILD, NEIGHBOUR, STANDIN, TRAINER
@@ -68,7 +68,7 @@ def harness(tmp_path: Path):
     ) -> subprocess.Popen:
         cmd = [
             sys.executable, "-c",
-            "import sys; from aha.launch.vllm_server import cli_with_vllm_server as c; "
+            "import sys; from aha.launch.vllm_server import cli as c; "
             "c(sys.argv[1:], 'with-vllm-server')",
             "--model", "Org/Model", "--gpus", "2", *(["--port", str(port)] if pinned else []),
             "--server-command", json.dumps([sys.executable, str(tmp_path / "standin.py")]),
@@ -297,7 +297,7 @@ def test_grace_defaults_are_the_default_stop_budgets(monkeypatch):
     base = ["--model", "M", "--gpus", "2"]
     for argv in (base, [*base, "--grace", "7", "--server-grace", "3"]):
         with pytest.raises(SystemExit) as exc:
-            cli_with_vllm_server([*argv, "--", "true"], "with-vllm-server")
+            cli([*argv, "--", "true"], "with-vllm-server")
         assert exc.value.code == 0
     server_run = {"mode": "zero3", "grpo": {"use_vllm": True, "vllm_mode": "server"}}
     config = {"device": "cuda", "model": {"source": "hub", "name_or_path": "M"}}

@@ -67,7 +67,7 @@ from aha.launch.vllm_serve import (
     split_gpus,
 )
 
-__all__ = ["cli", "cli_with_vllm_server", "run_with_server", "server_flags"]
+__all__ = ["cli", "run_with_server", "server_flags"]
 FREE_PORT_HINT = "rerun the job: it chooses other free ports"
 PINNED_PORT_HINT = "remove grpo.vllm_server_port so that each job chooses a free port"
 DEFAULT_GRACE_S = float(StopBudget(DEFAULT_SIGNAL_LEAD_S, "", True, True).wrapper_grace_s)
@@ -480,6 +480,3 @@ def cli(argv: list[str], prog: str) -> None:
             **{name: getattr(args, name) for name in PASSED_ON},
         )
     sys.exit(status)
-
-
-cli_with_vllm_server = cli  # the name tests and older callers import
