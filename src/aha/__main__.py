@@ -24,11 +24,15 @@ STAGES: dict[str, str] = {
     "check-gpu": "check CUDA, GPU packages and the model before a GPU run",
     "check-contracts": "check every device branch's CUDA arguments with pinned libraries; no GPU",
     "with-vllm-server": "run a command beside vLLM's own `vllm serve` on the last GPU",
+    "nodes": "train one zero3 run across nodes: one `aha node` per node (srun, or stand-ins)",
+    "node": "one node of a run across nodes: the c10d rendezvous, then `accelerate launch`",
 }
 ELSEWHERE = {
     "check-gpu": "aha.launch.gpu",
     "check-contracts": "aha.contracts",
     "with-vllm-server": "aha.launch.vllm_server",
+    "nodes": "aha.launch.nodes:nodes_cli",
+    "node": "aha.launch.nodes:node_cli",
 }
 
 
@@ -51,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
         sys.exit(f"aha: unknown stage {stage!r}\n\n{_usage()}")
-    importlib.import_module(module_of(stage)).cli(rest, prog=f"python -m aha {stage}")
+    module, _, name = module_of(stage).partition(":")  # MODULE or MODULE:FUNCTION (default cli)
+    cli = getattr(importlib.import_module(module), name or "cli")
+    cli(rest, prog=f"python -m aha {stage}")
 
 
 if __name__ == "__main__":

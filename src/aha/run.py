@@ -42,11 +42,19 @@ SAVE_TOTAL_LIMIT = 2
 # TRL's config still defaults the alias to True, so a mode default must set the new name.
 CHECKPOINTING_KEYS = ("activation_checkpointing", "gradient_checkpointing")
 LAUNCHERS = ("python", "accelerate")  # `python -m aha train`; `accelerate launch` + DeepSpeed
+# The trackers every mode reports to (TRL's report_to; the run's grpo.report_to replaces it):
+# TensorBoard event files in the run folder (aha.launch.tracking).
+REPORT_TO = ["tensorboard"]
+# Trackers TRL 1.16's GRPOTrainer.log sends its completion tables to (log_completions): a run
+# that reports to one gets them unless its grpo sets log_completions.
+COMPLETION_TRACKERS = ("trackio", "wandb")
+# A rehearsed node of a run across nodes (device cpu): one CPU process, one ZeRO-3 rank.
+REHEARSAL_NODE_DEVICES = 1
 # GRPOConfig values of every GPU mode, on a GPU and rehearsed on the CPU alike.
 GPU_GRPO = {
     "bf16": True,
     "activation_checkpointing": True,
-    "report_to": "none",
+    "report_to": REPORT_TO,
     "save_total_limit": SAVE_TOTAL_LIMIT,
 }
 
@@ -65,6 +73,7 @@ class Mode:
     vllm_server: bool  # grpo.vllm_mode server generates on a `vllm serve` beside the trainer
     packages: tuple[str, ...]  # import names `check-gpu` requires (grpo.use_vllm adds vllm)
     cpu_only: bool  # always on the CPU, whatever `device`: no GPU check, no rehearsal
+    multinode: bool  # can train across several nodes (`runs.<run>.nodes`)
     grpo: Mapping[str, Any]  # GRPOConfig values it implies, where the run's grpo sets none
     rehearsal_grpo: Mapping[str, Any]  # ... and on a CPU rehearsal, on top of them
 
@@ -90,11 +99,12 @@ MODES: dict[str, Mode] = {
             vllm_server=False,
             packages=(),
             cpu_only=True,
+            multinode=False,
             grpo={
                 "use_cpu": True,
                 "bf16": False,
                 "activation_checkpointing": False,
-                "report_to": "none",
+                "report_to": REPORT_TO,
                 "save_total_limit": SAVE_TOTAL_LIMIT,
             },
             rehearsal_grpo={},
@@ -113,6 +123,7 @@ MODES: dict[str, Mode] = {
             vllm_server=False,
             packages=("bitsandbytes", "peft"),
             cpu_only=False,
+            multinode=False,
             grpo=GPU_GRPO,
             rehearsal_grpo={"use_cpu": True},
         ),
@@ -130,6 +141,7 @@ MODES: dict[str, Mode] = {
             vllm_server=True,
             packages=("deepspeed",),
             cpu_only=False,
+            multinode=True,
             grpo=GPU_GRPO,
             rehearsal_grpo={"ddp_backend": "gloo"},
         ),
@@ -146,6 +158,7 @@ MODES: dict[str, Mode] = {
             vllm_server=False,
             packages=("peft",),
             cpu_only=False,
+            multinode=False,
             grpo=GPU_GRPO,
             rehearsal_grpo={"use_cpu": True},
         ),
@@ -182,7 +195,8 @@ class Run:
     quantization: dict[str, Any] | None  # BitsAndBytesConfig kwargs, where the base is NF4
     vllm_server: dict[str, Any]  # options of the run's `vllm serve` (server mode)
     weight_sync_timeout_s: float  # server mode: the longest call to the server
-    devices: int  # GPUs of the training job, or the CPU processes of a rehearsal
+    devices: int  # GPUs of the training job (per node), or the CPU processes of a rehearsal
+    nodes: int  # nodes that train (`runs.<run>.nodes`); server mode adds one that serves
     sample_backend: str  # hf, vllm or auto: the mode's sampler, else sampling.backend
 
     @classmethod
@@ -212,8 +226,16 @@ class Run:
         vllm_server = dict(spec.get("vllm_server") or {})
         _check_against_row(key, mode, spec, grpo, model)
         server = _serves(mode, grpo)
+        nodes = int(spec.get("nodes", 1))
+        if nodes > 1 and not mode.multinode:
+            raise ConfigError(
+                f"{key}.nodes: mode {mode.name} trains on one node "
+                f"(modes that span nodes: {_names(lambda m: m.multinode)})"
+            )
         if device == "cuda":
             devices = mode.gpus if gpus is None else int(gpus)
+        elif nodes > 1:
+            devices = REHEARSAL_NODE_DEVICES  # per "node"; the server's is a node of its own
         else:
             devices = mode.rehearsal_devices + (1 if server else 0)  # the server's CPU slot
         return cls(
@@ -229,6 +251,7 @@ class Run:
             vllm_server=vllm_server,
             weight_sync_timeout_s=spec["weight_sync_timeout_s"],
             devices=devices,
+            nodes=nodes,
             sample_backend=mode.sampler or config["sampling"]["backend"],
         )
 
@@ -250,10 +273,19 @@ class Run:
 
     @property
     def training_processes(self) -> int:
-        """Training processes on the run's devices: all of them, less the vLLM server's."""
+        """Training processes on the run's devices: all of them, less the vLLM server's (on one
+        node its last device; across nodes a node of its own)."""
         if self.mode.launcher == "python":
             return 1
+        if self.nodes > 1:
+            return self.nodes * self.devices
         return self.devices - 1 if self.uses_vllm_server else self.devices
+
+    @property
+    def job_nodes(self) -> int:
+        """Nodes of the training job: those that train, and across nodes in server mode one
+        more, the last, that serves vLLM."""
+        return self.nodes + (1 if self.nodes > 1 and self.uses_vllm_server else 0)
 
     @property
     def completions_per_step(self) -> int:
@@ -266,6 +298,14 @@ class Run:
     def grpo_defaults(self) -> dict[str, Any]:
         """GRPOConfig values the mode implies on this device (the run's grpo overrides them)."""
         return {**self.mode.grpo, **(self.mode.rehearsal_grpo if self.rehearsal else {})}
+
+    @property
+    def trackers(self) -> list[str]:
+        """The integrations TRL reports to: grpo.report_to, else the mode's ("none": [])."""
+        report_to = self.grpo.get("report_to", self.grpo_defaults.get("report_to"))
+        if report_to in (None, "none", ["none"]):
+            return []
+        return [report_to] if isinstance(report_to, str) else list(report_to)
 
     @property
     def model_init_kwargs(self) -> dict[str, Any]:
@@ -283,13 +323,17 @@ class Run:
     ) -> dict[str, Any]:
         """The GRPOConfig kwargs: the run's grpo unchanged plus the mode's values where it sets
         none, TRL's output_dir OUT/trainer (resume and weight export rely on it), the model
-        kwargs, and in server mode the ports its wrapper chose for this job (`env`, default
+        kwargs, completion tables and a run name (RUN-seed-SEED) where it reports to trackio or
+        W&B and sets neither, and in server mode the ports its wrapper chose for this job (`env`, default
         os.environ)."""
         args = dict(self.grpo)
         for key, value in self.grpo_defaults.items():
             aliases = CHECKPOINTING_KEYS if key in CHECKPOINTING_KEYS else (key,)
             if not any(alias in self.grpo for alias in aliases):
-                args[key] = value
+                args[key] = list(value) if isinstance(value, list) else value  # rows share it
+        if set(self.trackers) & set(COMPLETION_TRACKERS):
+            args.setdefault("log_completions", True)
+            args.setdefault("run_name", f"{self.name}-seed-{self.seed}")
         args.update(self.vllm_client_args(os.environ if env is None else env))
         if "output_dir" in self.grpo:
             log.warning("grpo.output_dir is ignored: training state lives in OUT/%s", TRAINER_DIR)

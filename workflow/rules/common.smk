@@ -66,9 +66,41 @@ def train_threads(wildcards):
 
 
 def train_gpus(wildcards):
-    """GPUs a training job asks the scheduler for: the run's devices on cuda, none on the CPU."""
+    """GPUs a training job asks the scheduler for: the run's devices on cuda, none on the CPU.
+    Across nodes none here: `gpu` is the SLURM job's total (`--gpus`), so the GPUs per node go
+    in `gres` (train_gres)."""
     run = run_of(wildcards)
+    if run.nodes > 1:
+        return None
     return run.devices if run.device == "cuda" else 0
+
+
+# A run across nodes (runs.<run>.nodes > 1) is one SLURM job of Run.job_nodes nodes whose command
+# calls srun itself (aha.launch.nodes): `mpi` makes the SLURM plugin run the rule's command as is
+# instead of inside `srun -n1`, and asks for one task per node (`tasks`, which an MPI job must
+# set); `tasks_per_gpu=0` keeps the plugin from turning `tasks` into --ntasks-per-gpu on a GPU
+# job. On one node all of these are absent (None), so its submission is as before.
+def _across_nodes(value):
+    def resource(wildcards):
+        run = run_of(wildcards)
+        return value(run) if run.nodes > 1 else None
+
+    return resource
+
+
+train_nodes = _across_nodes(lambda run: run.job_nodes)
+train_tasks = _across_nodes(lambda run: run.job_nodes)
+train_mpi = _across_nodes(lambda run: "srun")
+train_tasks_per_gpu = _across_nodes(lambda run: 0 if run.device == "cuda" else None)
+train_gres = _across_nodes(lambda run: f"gpu:{run.devices}" if run.device == "cuda" else None)
+
+
+def job_gpus(resources):
+    """The job's GPUs per node: `gpu`, or across nodes the count of its `gres` (gpu[:type]:N)."""
+    if resources.get("gpu") is not None:
+        return int(resources.get("gpu"))
+    match = re.fullmatch(r"gpu(?::[\w.]+)?:(\d+)", str(resources.get("gres") or ""))
+    return int(match.group(1)) if match else None
 
 
 def sample_gpus(wildcards):
@@ -96,7 +128,7 @@ def gpu_log(*rules):
     patterns = [BENCHMARKS[rule] for rule in rules]
 
     def env(wildcards, resources):
-        if not resources.gpu:
+        if not job_gpus(resources):
             return ""
         names = set(wildcards.keys())
         for pattern in patterns:
@@ -217,7 +249,7 @@ def sample_quantization(wildcards):
 
 def train_run(wildcards, resources):
     """The train job's Run, on the GPUs the job was given (`resources: gpu`)."""
-    return run_of(wildcards).on(int(resources.gpu))
+    return run_of(wildcards).on(job_gpus(resources))
 
 
 def train_stop_budget(wildcards, resources):
@@ -231,13 +263,15 @@ def train_stop_budget(wildcards, resources):
 
 def launch_command(wildcards, resources):
     """The mode's training command (aha.launch.commands.train_command), its `aha train` args to follow."""
-    cmd = train_command(train_run(wildcards, resources), 
+    cmd = train_command(
+        train_run(wildcards, resources),
         [],
         python="python",
         model=model_path(wildcards),
         server_log=f"logs/train/{wildcards.run}-seed{wildcards.seed}.vllm-server.log",
         accelerate_config=f"{workflow.basedir}/workflow/accelerate/zero3.yaml",
         budget=train_stop_budget(wildcards, resources),
+        rendezvous_dir=f"{RUN_DIR.format(**wildcards)}/trainer",  # across nodes: a shared folder
     )
     return shlex.join(cmd)
 

@@ -9,7 +9,8 @@
 # colocated, or on all but the last with vLLM's `vllm serve` started there (on 127.0.0.1, on
 # ports the job chooses) and always stopped. Its stop timeouts all follow from the one
 # `--signal=TERM@N` of the job's slurm_extra (aha.launch.commands.StopBudget); the log's first line says
-# how.
+# how. A run across nodes (runs.<run>.nodes) asks SLURM for them, and its command calls srun
+# itself (common.smk, train_nodes and the resources after it; aha.launch.nodes).
 rule train:
     wildcard_constraints:
         **RUN_SEED,
@@ -30,6 +31,11 @@ rule train:
     threads: train_threads
     resources:
         gpu=train_gpus,
+        nodes=train_nodes,
+        tasks=train_tasks,
+        mpi=train_mpi,
+        tasks_per_gpu=train_tasks_per_gpu,
+        gres=train_gres,
     log:
         "logs/train/{run}-seed{seed}.log",
     benchmark:

@@ -149,8 +149,9 @@ def train_command(
     server_log: str | None = None,
     accelerate_config: str | None = None,
     budget: StopBudget | None = None,
+    rendezvous_dir: str | None = None,
 ) -> list[str]:
-    """The argv that trains `run` on its `devices` with its mode's launcher.
+    """The argv that trains `run` on its `devices` (per node) with its mode's launcher.
 
     The devices are GPUs, or on a CPU rehearsal (`device: cpu`) the CPU processes that stand in
     for them: the split between training and server is the same. `train_args` are appended
@@ -159,7 +160,9 @@ def train_command(
     the server's output goes. `accelerate_config` is the accelerate + DeepSpeed yaml of the
     accelerate launcher: the rule passes its path. `budget` (default: `stop_budget` without
     slurm_extra) sets the timeouts of a preempted run's stop. `gpus`, the job's (its
-    `resources: gpu`), replace the run's on cuda (`Run.on`).
+    `resources: gpu`), replace the run's on cuda (`Run.on`). A run across nodes
+    (`nodes` > 1) runs `aha nodes` (aha.launch.nodes), whose machine 0 writes its rendezvous
+    into `rendezvous_dir`, a folder every node sees.
     """
     run = run.on(gpus)
     mode, devices = run.mode, run.devices
@@ -182,29 +185,45 @@ def train_command(
     if not accelerate_config:
         raise LaunchError(f"runs.{run.name}: mode {mode.name} needs an accelerate config file")
     budget = budget or stop_budget(run)
+    timeout = ["env", f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={budget.shutdown_timeout_s}", *env[1:]]
+    config = ["--config_file", accelerate_config]
+    rest = [*(CPU_ACCELERATE if run.rehearsal else []), *train]
+    wrapper = _server_wrapper(run, python, model, server_log, budget) if server else []
+    if run.nodes > 1:
+        if not rendezvous_dir:
+            raise LaunchError(f"runs.{run.name}: a run across nodes needs a rendezvous folder")
+        nodes = [*timeout, python, "-m", "aha", "nodes", "--nodes", str(run.nodes),
+                 "--per-node", str(devices), "--rendezvous-dir", rendezvous_dir,
+                 "--grace", str(budget.shutdown_timeout_s), "--name", f"runs.{run.name}"]  # fmt: skip
+        nodes += ["--rehearsal"] if run.rehearsal else []
+        nodes += ["--server-wrapper", json.dumps(wrapper)] if wrapper else []
+        return [*nodes, "--", *config, *rest]
     launch = [
-        "env",
-        f"TORCH_ELASTIC_SHUTDOWN_TIMEOUT={budget.shutdown_timeout_s}",
-        *env[1:],
+        *timeout,
         python,
         "-m",
         "accelerate.commands.launch",  # = `accelerate launch`, from this interpreter
-        "--config_file",
-        accelerate_config,
+        *config,
         "--num_processes",
         str(run.training_processes),
         "--main_process_port",
         "0",  # a free rendezvous port, chosen by accelerate as the job starts
-        *(CPU_ACCELERATE if run.rehearsal else []),
-        *train,
+        *rest,
     ]
     if not server:
         return launch
+    return [*env, *wrapper, "--", *launch]
+
+
+def _server_wrapper(
+    run: Run, python: str, model: str | None, server_log: str | None, budget: StopBudget
+) -> list[str]:
+    """`aha with-vllm-server` of a server-mode run, up to its `--` (and across nodes --host)."""
     served = model or run.model.get("name_or_path")
     if not served:
         raise LaunchError(f"runs.{run.name}: no model to serve (model.name_or_path)")
-    wrapper = [*env, python, "-m", "aha", "with-vllm-server", "--model", served]
-    wrapper += ["--gpus", str(devices)]
+    wrapper = [python, "-m", "aha", "with-vllm-server", "--model", served]
+    wrapper += ["--gpus", str(run.devices)]
     for flag, port in pinned_ports(run).items():
         wrapper += [flag, str(port)]
     wrapper += ["--grace", str(budget.wrapper_grace_s), "--server-grace", str(SERVER_GRACE_S)]
@@ -212,4 +231,4 @@ def train_command(
         wrapper += ["--server-args", json.dumps(run.vllm_server, sort_keys=True)]
     if server_log:
         wrapper += ["--server-log", server_log]
-    return [*wrapper, "--", *launch]
+    return wrapper

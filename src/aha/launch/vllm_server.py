@@ -145,7 +145,9 @@ def _start_server(
     log = _open_log(stack, server_log, command)
     guard_dir = tempfile.mkdtemp(prefix="aha-vllm-server-")
     stack.callback(shutil.rmtree, guard_dir, ignore_errors=True)
-    env = {**os.environ, **SERVER_ENV, "CUDA_VISIBLE_DEVICES": device}
+    env = {**os.environ, **SERVER_ENV}
+    if device:  # else (a node of its own) every GPU the node was given
+        env["CUDA_VISIBLE_DEVICES"] = device
     server = family.popen(
         command,
         env=guarded_env(guard_dir, env),
@@ -236,14 +238,17 @@ def _start_training(
 def _training_env(
     host: str, base_url: str, group_port: int, devices: str, server_device: str
 ) -> dict[str, str]:
-    """What the training command gets: its GPUs, the server's address, a no_proxy for it."""
-    return {
+    """What the training command gets: its GPUs (none named: it trains on other nodes), the
+    server's address, a no_proxy for it."""
+    env = {
         **local_no_proxy(os.environ, host),
-        "CUDA_VISIBLE_DEVICES": devices,
-        "AHA_GPU_DEVICES": f"{devices},{server_device}",  # the job's GPUs, for rank 0's GPU log
         ENV_SERVER_URL: base_url,
         ENV_GROUP_PORT: str(group_port),
     }
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = devices
+        env["AHA_GPU_DEVICES"] = f"{devices},{server_device}"  # the job's, for rank 0's GPU log
+    return env
 
 
 def _supervise(
@@ -306,6 +311,7 @@ def run_with_server(
     poll: float = 0.5,
     port_check_interval: float = 10.0,
     port_hint: str = FREE_PORT_HINT,
+    whole_node: bool = False,
 ) -> int:
     """Start the server (listening on `host`:`port`), wait for health, check that the port is
     its own, run `command`, always stop the server; the command's status.
@@ -315,8 +321,13 @@ def run_with_server(
     process is forwarded to every process of `command`, which gets `grace` seconds (its
     checkpoint save, using the server) before SIGKILL; only then is the server stopped
     (SIGINT, SIGKILL after `server_grace`). Further signals while stopping are ignored.
+    `whole_node`: the server has this node to itself (a run across nodes: `command` trains on
+    the others), so it keeps every GPU the node has.
     """
-    train_devices, server_device = split_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if whole_node:
+        train_devices, server_device = "", os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    else:
+        train_devices, server_device = split_gpus(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     base_url = f"http://{host}:{port}"
     see = f"; see {server_log}" if server_log else ""
     got: list[int] = []  # the first signal
@@ -324,7 +335,10 @@ def run_with_server(
         _catch_signals(stack, got)
         family = Family()
         stack.callback(family.close)
-        _log(f"server on GPU {server_device}, training on GPU(s) {train_devices}")
+        if whole_node:
+            _log(f"server on this node ({host}, GPUs {server_device or 'all'}); training elsewhere")
+        else:
+            _log(f"server on GPU {server_device}, training on GPU(s) {train_devices}")
         _log(f"ports: server {base_url}, weight-sync group {group_port}")
         server = _start_server(
             stack, family, server_command, server_device, server_log, server_grace
@@ -364,6 +378,7 @@ PASSED_ON = (
     "grace",
     "server_grace",
     "port_check_interval",
+    "whole_node",
 )
 
 
@@ -395,6 +410,12 @@ def _server_options(group: argparse._ArgumentGroup) -> None:
         help="TRL's weight-sync group port, pinned by grpo.vllm_group_port (default: free)",
     )
     add("--host", default=HOST, help="address the server listens on (default %(default)s)")
+    add(
+        "--whole-node",
+        action="store_true",
+        help="the server has the node to itself (a run across nodes): every GPU of the node; "
+        "CMD trains on the other nodes",
+    )
     add_json(
         group,
         "--server-args",
