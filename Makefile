@@ -12,7 +12,7 @@ RBIN   := $(RVENV)/bin
 RSTAMP := $(RVENV)/.installed
 DEEPSPEED := deepspeed==0.19.8
 
-.PHONY: demo test unit integration install install-rehearsal rehearsal lint report clean help
+.PHONY: demo test verify-tiny unit integration install install-rehearsal rehearsal lint report clean help
 
 help:
 	@echo "make demo   - create $(VENV), install, run the tiny DAG on $(CORES) cores, write results/report.html"
@@ -20,6 +20,7 @@ help:
 	@echo "make unit   - create/update $(VENV), run tests/unit (pure and fast: the inner loop)"
 	@echo "make integration - create/update $(VENV) and $(RVENV), run tests/integration"
 	@echo "make test   - create/update $(VENV) and $(RVENV), run both tiers (what CI runs)"
+	@echo "make verify-tiny - rebuild models/tiny-base from its recipe and compare (CI runs it too)"
 	@echo "make lint   - ruff (src tests bench) + snakemake --lint"
 	@echo "make clean  - remove results/, logs/, benchmarks/, .snakemake/"
 
@@ -31,7 +32,7 @@ $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) (Python 3.11) on PATH, or run: make PYTHON=python3 ..."; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,slurm]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,slurm,trackers]"
 	touch $(STAMP)
 
 install-rehearsal: $(RSTAMP)
@@ -65,14 +66,19 @@ demo: $(STAMP)
 # installed and is skipped where not (tests/conftest.py, rehearsal_python).
 test: $(STAMP) $(RSTAMP)
 	scripts/install-chromium.sh
-	$(BIN)/python -m pytest -ra --durations=20
+	$(BIN)/python -m pytest -ra --durations=20 -m "not rebuild"
+
+# The rebuild of the committed tiny model from its recipe (15-19 min on 2 cores): run it when the
+# build (stages/build_tiny_model.py, tiny/) or the recipe changes; CI runs it after `make test`.
+verify-tiny: $(STAMP)
+	$(BIN)/python -m pytest -ra -m rebuild tests/integration/test_tiny_model_build.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit -q -ra --durations=10
 
 integration: $(STAMP) $(RSTAMP)
 	scripts/install-chromium.sh
-	$(BIN)/python -m pytest tests/integration -ra --durations=20
+	$(BIN)/python -m pytest tests/integration -ra --durations=20 -m "not rebuild"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -13,6 +13,8 @@ A run folder (results/runs/{run}/seed-{seed}, the train rule's `--out-dir`):
   from `weights/` at the end of every run (Snakemake deletes them before a rerun). Sampling
   reads them back with `Manifest.read`.
 - `train_log.jsonl`: TRL's log history.
+- `tensorboard/`: the live training curves' TensorBoard event files (rank 0; a resumed run
+  appends to them after its checkpoint's step). Not declared either, so a rerun keeps them.
 
 `aha.stages.train` writes this layout and `aha.stages.sample` reads it; neither spells a path of it.
 """
@@ -38,6 +40,8 @@ TRAINER_DIR = "trainer"
 WEIGHTS_DIR = "weights"
 MANIFEST_DIR = "checkpoints"
 LOG_FILE = "train_log.jsonl"
+TENSORBOARD_DIR = "tensorboard"  # TensorBoard event files (aha.launch.tracking)
+TRACKIO_DIR = "trackio"  # trackio's local database, unless $TRACKIO_DIR is set (W&B: wandb/)
 STATE_FILE = "aha_state.json"  # in each checkpoint-N and weights/step-N: training seconds so far
 # Top-level files of a checkpoint-N that are trainer or DeepSpeed state, not the model.
 _STATE_FILES = frozenset(

@@ -94,6 +94,7 @@ def test_small_build_report(small_build):
 
 
 @pytest.mark.slow
+@pytest.mark.rebuild
 def test_rebuild_reproduces_the_committed_model(tiny_train_split: Path, tmp_path: Path) -> None:
     """config/tiny-rebuild.yaml's path: the rule's command with prebuilt null rebuilds the
     model. Same quality everywhere: warm-start loss within 10%, and sampled format and success

@@ -193,7 +193,7 @@ SEED_GRPO = {
     "num_generations": 8,
     "output_dir": "/out/trainer",
     "per_device_train_batch_size": 8,
-    "report_to": "none",
+    "report_to": ["tensorboard"],
     "save_steps": 50,
     "save_total_limit": 2,
     "scale_rewards": "group",

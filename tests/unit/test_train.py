@@ -159,7 +159,7 @@ def test_cpu_mode_args_set_cpu_flags_and_keep_grpo(tmp_path: Path) -> None:
     assert args["use_cpu"] is True
     assert args["bf16"] is False
     assert args["activation_checkpointing"] is False
-    assert args["report_to"] == "none"
+    assert args["report_to"] == ["tensorboard"]
     assert args["output_dir"] == str(tmp_path / "run" / "trainer")
     assert args["temperature"] == 0.7 and args["reward_weights"] == [0.1, 1.0]
     assert args["seed"] == run.seed == 7  # the run's own seed is its one replicate's
@@ -171,13 +171,11 @@ def test_cpu_mode_args_set_cpu_flags_and_keep_grpo(tmp_path: Path) -> None:
 
 
 def test_user_settings_beat_mode_defaults(tmp_path: Path) -> None:
-    run = run_spec(
-        gradient_checkpointing=True, report_to=["tensorboard"], seed=None, config={"seed": 99}
-    )
+    run = run_spec(gradient_checkpointing=True, report_to="none", seed=None, config={"seed": 99})
     args = run.grpo_args(tmp_path)
     assert args["gradient_checkpointing"] is True
     assert "activation_checkpointing" not in args  # the alias the user chose is left alone
-    assert args["report_to"] == ["tensorboard"]
+    assert args["report_to"] == "none"  # not the default ["tensorboard"]
     assert args["seed"] == 99  # no grpo.seed: the top-level seed
 
 

@@ -251,7 +251,9 @@ def steps_and_seeds(config: Mapping[str, Any]) -> dict[str, tuple[list[int], lis
 
 def runs_overview(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each run as the report's front page (workflow/report/workflow.rst) lists it: name,
-    mode, effective model, checkpoints and its `grpo` section, in config order."""
+    mode, effective model, checkpoints, its `grpo` section, its seeds and the name of each
+    replicate's TensorBoard folder (None when the run does not report to TensorBoard), in
+    config order."""
     return [
         {
             "name": run,
@@ -259,8 +261,12 @@ def runs_overview(config: Mapping[str, Any]) -> list[dict[str, Any]]:
             "model": {k: model.get(k) for k in ("source", "name_or_path")},
             "checkpoints": [step for step in run_steps if step],
             "grpo": dict(config["runs"][run].get("grpo") or {}),
+            "seeds": seeds,
+            "tensorboard": formats.TENSORBOARD_DIR
+            if "tensorboard" in Run.build(dict(config), run).trackers
+            else None,
         }
-        for run, model, run_steps, _ in _runs(config)
+        for run, model, run_steps, seeds in _runs(config)
     ]
 
 

@@ -49,7 +49,7 @@ from aha.formats import (
     write_log_history,
     write_manifests,
 )
-from aha.launch import cpu_threads, gpu_monitor
+from aha.launch import cpu_threads, gpu_monitor, tracking
 from aha.launch.stop_signals import StopRequest, block_stop_signals
 from aha.run import Run
 from aha.task import prompts
@@ -313,6 +313,7 @@ def train(
     if resume is not None and checkpoint_step(resume) >= run.max_steps:
         return finished_before(run, resume, out_dir, model)
     stop = StopRequest()
+    tracking.prepare(run.trackers, out_dir)  # trackio reads its folder when TRL imports it
     trainer = build_trainer(
         run, grpo_args, data_dir, model, out_dir, resume, stop, sample_rate, extra_callbacks
     )
@@ -400,6 +401,7 @@ def build_trainer(
         **run.peft_objects(),
     )
     timer.wrap(trainer)
+    tracking.use_run_folder_tensorboard(trainer, out_dir)  # rank 0, appends after a resume
     accelerator = trainer.accelerator
     if accelerator.num_processes > 1:  # every rank stops at the same step
         import torch
@@ -463,7 +465,7 @@ def cli(argv: list[str], prog: str) -> None:
         "--out-dir",
         type=Path,
         required=True,
-        help="run folder (results/runs/RUN/seed-SEED): trainer/, weights/, checkpoints/, train_log.jsonl",
+        help="run folder (results/runs/RUN/seed-SEED): trainer/, weights/, checkpoints/, train_log.jsonl, tensorboard/",
     )
     p.add_argument(
         "--sample-rate",
