@@ -476,6 +476,8 @@ def batch_notes(runs: Iterable[Run]) -> list[str]:
             continue
         as_server = dataclasses.replace(run, grpo={**grpo, "vllm_mode": "server"})
         batch, n_gen = run.completions_per_step, int(grpo["num_generations"])
+        if batch == as_server.completions_per_step:  # across nodes the server has its own
+            continue
         notes.append(
             f"runs.{run.name}: vllm_mode colocate trains on all {run.devices} devices: {batch} "
             f"completions ({batch // n_gen} prompts x {n_gen}) per optimizer step, where server "
