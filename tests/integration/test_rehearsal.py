@@ -61,9 +61,12 @@ def test_the_overlay_keeps_the_seed_runs_modes_and_grpo_keys() -> None:
     }
 
 
+ZERO3_RUNS = ("qwen-zero3", "qwen-zero3-colocate", "qwen-zero3-nodes", "qwen-zero3-colocate-nodes")
+
+
 def test_zero3_runs_train_on_two_real_deepspeed_ranks(rehearsal_dag) -> None:
     workdir, _ = rehearsal_dag
-    for run in ("qwen-zero3", "qwen-zero3-colocate"):
+    for run in ZERO3_RUNS:
         checkpoint = run_dir(workdir, run) / "trainer" / "checkpoint-4"
         assert (checkpoint / "global_step4").is_dir(), "no DeepSpeed state: DeepSpeed did not run"
         assert {p.name for p in checkpoint.glob("rng_state_*.pth")} == {
@@ -109,6 +112,43 @@ def test_colocated_vllm_syncs_weights_and_the_server_run_goes_through_the_wrappe
     assert "POST /v1/completions" in server_log or "/inference/v1/generate" in server_log, (
         "the trainer generated nothing through the server"
     )
+
+
+def test_runs_across_nodes_meet_as_two_machines_and_the_server_has_a_node_of_its_own(
+    rehearsal_dag,
+) -> None:
+    """`aha nodes` stands two nodes in on this machine: machine ranks 0 and 1 meet at the port
+    machine 0 published (c10d); in server mode a third serves, and outlives the training."""
+    workdir, _ = rehearsal_dag
+    logs = workdir / "logs" / "train"
+    for run in ("qwen-zero3-colocate-nodes", "qwen-zero3-nodes"):
+        log = (logs / f"{run}-seed{SEED}.log").read_text()
+        points = re.findall(r"aha node (\d)/2 on \S+: rendezvous (127\.0\.0\.1:\d+)", log)
+        assert sorted(rank for rank, _ in points) == ["0", "1"], log[-3000:]
+        assert len({point for _, point in points}) == 1  # both at machine 0's one point
+        assert not list((run_dir(workdir, run) / "trainer").glob("rendezvous-*.json"))
+    server_run = (logs / f"qwen-zero3-nodes-seed{SEED}.log").read_text()
+    assert "server on this node (127.0.0.1" in server_run
+    assert server_run.index("training command exited with status 0") < server_run.index(
+        "stopping the vLLM server"
+    )
+    assert "init_communicator skipped (NCCL only)" in server_run
+
+
+def test_every_run_writes_live_curves_once_from_rank_0(rehearsal_dag) -> None:
+    """TensorBoard by default: one event file per training session (one writer, rank 0, also
+    across two stand-in nodes), read back with TensorBoard's own reader at the logged steps."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    workdir, _ = rehearsal_dag
+    for run in RUNS:
+        folder = run_dir(workdir, run) / "tensorboard"
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1, f"{run}: not one writer"
+        curves = EventAccumulator(str(folder))
+        curves.Reload()
+        for tag in ("train/reward", "train/completions/mean_length", "train/learning_rate"):
+            assert [e.step for e in curves.Scalars(tag)] == [2, 4], (run, tag)
+        assert not (run_dir(workdir, run) / "trainer" / "runs").exists()
 
 
 def test_qlora_trains_a_lora_adapter(rehearsal_dag) -> None:
@@ -210,7 +250,7 @@ def test_grpo_moves_the_weights_in_every_mode(rehearsal_dag) -> None:
 
     workdir, _ = rehearsal_dag
     base = load_file(workdir / "results" / "models" / "tiny" / "model.safetensors")
-    for run in ("qwen-zero3", "qwen-zero3-colocate"):
+    for run in ZERO3_RUNS:
         trained = load_file(run_dir(workdir, run) / "weights" / "step-4" / "model.safetensors")
         assert trained.keys() == base.keys()
         assert any(not trained[k].equal(base[k]) for k in base), f"{run}: weights unchanged"

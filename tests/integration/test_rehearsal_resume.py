@@ -5,7 +5,8 @@
   complete checkpoint-N and ends at max_steps with every configured checkpoint.
 - ZeRO-3 in server mode preempted as SLURM does (`--signal=TERM@300`: SIGTERM to every process
   of the job, the vLLM server included): the ranks finish their step through the still-running
-  server, save, exit; only then is the server stopped; the rerun resumes from that save.
+  server, save, exit; only then is the server stopped; the rerun resumes from that save. The
+  same across two stand-in nodes (`qwen-zero3-nodes`: `aha nodes`, the server on a third).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 # Long enough that the signal lands mid-run however fast a step is (qlora ≈ 0.5 s a step on two
 # cores, colocate ≈ 2 s, server ≈ 10 s: its two ranks generate over HTTP), short enough to resume.
-MAX_STEPS = {"qwen-qlora": 24, "qwen-zero3-colocate": 12, "qwen-zero3": 8}
+MAX_STEPS = {"qwen-qlora": 24, "qwen-zero3-colocate": 12, "qwen-zero3": 8, "qwen-zero3-nodes": 8}
 SEED = 42  # config/config.yaml's seed: the run's one replicate, results/runs/RUN/seed-42
 
 
@@ -142,8 +143,12 @@ def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
     rerun_and_check(tmp_path, files, run, killed_at)
 
 
-def test_preempted_server_run_saves_through_the_live_server_and_resumes(tmp_path: Path) -> None:
-    run = "qwen-zero3"
+@pytest.mark.parametrize("run", ["qwen-zero3", "qwen-zero3-nodes"])
+def test_preempted_server_run_saves_through_the_live_server_and_resumes(
+    tmp_path: Path, run: str
+) -> None:
+    """On one node, and across two stand-in nodes (`aha nodes`) with the server on a third:
+    every node's rank saves its part of the checkpoint before the server stops."""
     files, proc, trainer = start(tmp_path, run)
     try:
         wait_for_checkpoint(proc, trainer, 2)
@@ -161,6 +166,8 @@ def test_preempted_server_run_saves_through_the_live_server_and_resumes(tmp_path
     log = (tmp_path / "logs" / "train" / f"{run}-seed{SEED}.log").read_text()
     assert before < saved < MAX_STEPS[run], f"no checkpoint saved on SIGTERM:\n{log[-6000:]}"
     assert "SIGTERM received: saving a checkpoint" in log
+    ranks = {p.name for p in (trainer / f"checkpoint-{saved}").glob("rng_state_*.pth")}
+    assert ranks == {"rng_state_0.pth", "rng_state_1.pth"}, "not every rank saved"
     # the trainer exited (after its save) before the server was stopped
     assert log.index("training command exited with status") < log.index("stopping the vLLM server")
     rerun_and_check(tmp_path, files, run, saved)
