@@ -13,8 +13,10 @@ of every task that srun starts there is that node's address.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,9 +26,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import ROOT
-from tests.integration.test_slurm import FAST_STATUS, GPU_TYPE, PARTITION, SCRIPT, _skip_reason
+from tests.conftest import REHEARSAL_CONFIGS, ROOT, rehearsal_python, snakemake
+from tests.integration.test_slurm import (
+    FAST_STATUS,
+    GPU_TYPE,
+    PARTITION,
+    SCRIPT,
+    _skip_reason,
+    slurm_logs,
+    test_profile,
+)
 
 pytestmark = pytest.mark.slurm
 
@@ -257,3 +268,112 @@ def test_snakemake_rule_runs_one_batch_script_across_two_nodes(
     assert (workdir / "ranks" / "jobstep-host.txt").read_text().strip() == "aha-n1"
     env = (workdir / "ranks" / "jobstep-env.txt").read_text()
     assert "SLURM_JOB_ID=" in env and "SLURM_JOB_NODELIST=" not in env, env
+
+
+NODES_RUN = "qwen-zero3-colocate-nodes"  # config/rehearsal.yaml: 2 nodes x 1 CPU rank, colocated
+SLURM_PLUGINS = ("snakemake_executor_plugin_slurm", "snakemake_executor_plugin_slurm_jobstep")
+
+
+def slurm_plugins_for(python: Path, dest: Path) -> Path:
+    """A folder for PYTHONPATH that gives `python` the SLURM plugins of the interpreter running
+    the tests (links to its packages, nothing installed). The rehearsal environment lacks them:
+    their numpy pin conflicts with vLLM's. Snakemake finds plugins by module name on sys.path."""
+    specs = [importlib.util.find_spec(m) for m in SLURM_PLUGINS]
+    if not all(specs):
+        pytest.skip(f"{sys.executable} has no SLURM plugin ({', '.join(SLURM_PLUGINS)})")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, spec in zip(SLURM_PLUGINS, specs, strict=True):
+        (dest / name).symlink_to(Path(spec.origin).parent)
+    check = subprocess.run(
+        [str(python), "-c", "import " + ", ".join(SLURM_PLUGINS)],
+        env={**os.environ, "PYTHONPATH": str(dest)}, text=True, capture_output=True,
+    )  # fmt: skip
+    assert check.returncode == 0, f"{python} cannot import the linked plugins:\n{check.stderr}"
+    return dest
+
+
+def restore_slurm_conf(cluster: Path, tool: str) -> None:
+    """Put a `tool` first on PATH (cluster/bin) that sets SLURM_CONF, as local-slurm.sh does for
+    srun: the plugin's job step drops SLURM_CONF, and `aha nodes` calls scontrol there (the
+    job's node list and CPUs). A cluster with its slurm.conf in /etc/slurm needs none."""
+    wrapper = cluster / "bin" / tool
+    if wrapper.exists():
+        return
+    real = shutil.which(tool)
+    assert real, f"no {tool} on PATH"
+    wrapper.write_text(f'#!/bin/sh\nexport SLURM_CONF={cluster / "slurm.conf"}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+
+
+@pytest.mark.slow
+def test_a_run_across_nodes_trains_as_one_slurm_job_on_both_nodes(
+    two_node_slurm: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real train rule of a run across nodes, through the slurm profile: one SLURM job of
+    two nodes whose `aha nodes` sruns one `aha node` on each; machine ranks 0 and 1 meet at
+    machine 0's rendezvous on aha-n1 and train two ZeRO-3 steps with vLLM colocated (CPU)."""
+    python = rehearsal_python()
+    restore_slurm_conf(two_node_slurm, "scontrol")
+    # Snakemake runs in the rehearsal environment (vLLM, DeepSpeed), so every job does too: the
+    # job step reruns Snakemake with the submitter's interpreter, and the rules' `python` is that
+    # one's (common.smk's shell.prefix). PYTHONPATH reaches the jobs (sbatch --export=ALL).
+    monkeypatch.setenv("PYTHONPATH", str(slurm_plugins_for(python, tmp_path / "plugins")))
+    profile_dir = test_profile(tmp_path / "profile")
+    profile = yaml.safe_load((profile_dir / "config.yaml").read_text())
+    profile["retries"] = 0  # one train job: a failure shows as is
+    train = profile["set-resources"]["train"]
+    for key in ("gpu", "gpu_model", "cpus_per_gpu"):  # CPU ranks: the rule asks for no GPUs
+        train.pop(key, None)
+    (profile_dir / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
+    overrides = tmp_path / "short.yaml"
+    overrides.write_text(
+        yaml.safe_dump({"runs": {NODES_RUN: {"checkpoints": [2], "grpo": {"max_steps": 2}}}})
+    )
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    run_dir = workdir / "results" / "runs" / NODES_RUN / "seed-42"
+    proc = snakemake(
+        workdir,
+        "--workflow-profile",
+        str(profile_dir),
+        *FAST_STATUS,
+        "--jobs",
+        "1",
+        "--latency-wait",
+        "10",
+        str(run_dir.relative_to(workdir) / "checkpoints"),
+        configfile=[*REHEARSAL_CONFIGS, overrides],
+        python=python,
+        check=False,
+        timeout=1500,
+    )
+    train_log = workdir / "logs" / "train" / f"{NODES_RUN}-seed42.log"
+    log = train_log.read_text() if train_log.exists() else "(no train log)"
+    slurm_dir = workdir / "logs" / "slurm"
+    assert proc.returncode == 0, (
+        proc.stderr[-4000:]
+        + "\n".join(p.read_text()[-3000:] for p in slurm_dir.rglob("*.log"))
+        + log[-4000:]
+    )
+
+    # One SLURM job of two nodes for the train rule, one task a node.
+    (job,) = slurm_logs(slurm_dir / "rule_train")
+    fields = job_fields(job)
+    assert fields["JobState"] == "COMPLETED", fields
+    assert fields["NumNodes"] == str(NODES) and fields["NumTasks"] == str(NODES), fields
+    assert fields["NodeList"] == "aha-n[1-2]", fields
+    # Both machine ranks, each on its own node, at machine 0's one point on aha-n1's address.
+    points = re.findall(r"aha node (\d)/2 on (\S+): rendezvous (\S+):(\d+)", log)
+    assert sorted((rank, host) for rank, host, _, _ in points) == [
+        ("0", "aha-n1"),
+        ("1", "aha-n2"),
+    ], log[-4000:]
+    ((address, _),) = {(a, p) for _, _, a, p in points}
+    assert not address.startswith("127."), address
+    assert "training on aha-n1, aha-n2; rendezvous at aha-n1" in log
+    assert not list((run_dir / "trainer").glob("rendezvous-*.json"))
+    # Two steps trained; the checkpoint manifest and the gathered weights of step 2.
+    steps = [json.loads(line).get("step") for line in (run_dir / "train_log.jsonl").open()]
+    assert max(s for s in steps if s is not None) == 2, steps
+    assert [p.name for p in (run_dir / "checkpoints").glob("step-*.json")] == ["step-2.json"]
+    assert (run_dir / "weights" / "step-2" / "model.safetensors").is_file()

@@ -183,3 +183,29 @@ def test_stand_in_nodes_stop_together_when_one_fails() -> None:
     start = time.monotonic()
     assert nodes.run_local_machines([sleeper, sleeper], grace=5) == 4
     assert time.monotonic() - start < 30  # the sleeper was stopped, not waited for
+
+
+def test_the_launcher_outlives_what_it_launched_when_preempted(tmp_path: Path) -> None:
+    """SIGTERM to `aha nodes` goes to its child, and it returns only once the child is done
+    (here a child that takes a second to save after SIGTERM), with the child's status."""
+    import signal
+    import subprocess
+
+    done = tmp_path / "saved"
+    child = (
+        "import signal, sys, time\n"
+        "def stop(*_):\n"
+        f"    time.sleep(1); open({str(done)!r}, 'w').write('x'); sys.exit(5)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    code = (
+        "import sys\nfrom aha.launch.nodes import forwarding_call\n"
+        f"sys.exit(forwarding_call([sys.executable, '-c', {child!r}]))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 5
+    assert done.exists()  # the child finished its save before the launcher returned

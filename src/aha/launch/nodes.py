@@ -56,7 +56,10 @@ def _scontrol(*args: str) -> str:
     except subprocess.TimeoutExpired:
         raise LaunchError(f"`scontrol {' '.join(args)}` did not answer in 60 s") from None
     if out.returncode != 0:
-        raise LaunchError(f"scontrol {' '.join(args)}: {out.stderr.strip()}")
+        hint = ""
+        if "configuration" in out.stderr:  # the job step keeps SLURM_JOB_ID, not SLURM_CONF
+            hint = "; where slurm.conf is not in scontrol's default place, export SLURM_CONF"
+        raise LaunchError(f"scontrol {' '.join(args)}: {out.stderr.strip()}{hint}")
     return out.stdout
 
 
@@ -206,6 +209,25 @@ def _log(message: str) -> None:
     print(f"aha nodes: {message}", file=sys.stderr, flush=True)
 
 
+def forwarding_call(argv: Sequence[str]) -> int:
+    """Run `argv` and return its status; SIGTERM/SIGINT meanwhile go to it, and this process
+    waits for it: a preempted job's launcher must outlive what it launched (its save, the vLLM
+    server's stop), or the job would end while they still run."""
+    child = subprocess.Popen(argv)
+
+    def forward(signum: int, _frame: Any) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        status = child.wait()
+    finally:
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
+    return 128 - status if status < 0 else status
+
+
 def run_local_machines(commands: Sequence[Sequence[str]], grace: float) -> int:
     """Run the stand-in nodes on this machine as srun --kill-on-bad-exit runs them on a cluster:
     the first to fail stops the rest (SIGTERM, SIGKILL after `grace`); SIGTERM/SIGINT to this
@@ -304,12 +326,12 @@ def launch_nodes(args: argparse.Namespace, accelerate_args: list[str]) -> int:
             inner += ["--rehearsal", "--", *accelerate_args]
             wrapper = [*args.server_wrapper, "--host", HOST, "--whole-node", "--", *inner]
             _log(f"rehearsal: {args.nodes} stand-in nodes and the vLLM server on this machine")
-            return subprocess.call(wrapper)
+            return forwarding_call(wrapper)
         inner += ["--hosts", ",".join(hosts[:-1]), "--", *accelerate_args]
         server = hosts[-1]
         wrapper = [*args.server_wrapper, "--host", address_of(server), "--whole-node", "--", *inner]
         _log(f"vLLM server on {server}; training on {', '.join(hosts[:-1])}")
-        return subprocess.call(srun_argv([server], wrapper, cpus_per_node(job_fields())))
+        return forwarding_call(srun_argv([server], wrapper, cpus_per_node(job_fields())))
     point_file = (
         rendezvous_dir / f"rendezvous-{os.environ.get('SLURM_JOB_ID', 'local')}-{os.getpid()}.json"
     )
@@ -326,7 +348,7 @@ def launch_nodes(args: argparse.Namespace, accelerate_args: list[str]) -> int:
                     rendezvous=point_file, head=hosts[0], args=accelerate_args)  # fmt: skip
     _log(f"training on {', '.join(hosts)}; rendezvous at {hosts[0]} ({point_file})")
     try:
-        return subprocess.call(srun_argv(hosts, cmd, cpus_per_node(job_fields())))
+        return forwarding_call(srun_argv(hosts, cmd, cpus_per_node(job_fields())))
     finally:
         point_file.unlink(missing_ok=True)
 
