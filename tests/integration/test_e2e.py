@@ -62,6 +62,25 @@ def test_train_log_and_completion_samples(tiny_dag: Path) -> None:
     assert (samples / "success_completion_samples.txt").exists()
 
 
+def test_training_curves_reach_tensorboard_from_the_dag(tiny_dag: Path) -> None:
+    """What `make demo` runs writes live curves by default, and TensorBoard's own reader
+    loads them: reward, each reward function's mean, length and learning rate at each step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tiny_dag / RUN_DIR / "tensorboard"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    curves = EventAccumulator(str(folder))
+    curves.Reload()
+    steps = list(range(1, CFG["runs"][RUN]["grpo"]["max_steps"] + 1))
+    log = read_jsonl(tiny_dag / RUN_DIR / "train_log.jsonl")
+    logged = {row["step"]: row for row in log if "reward" in row}  # not the final summary row
+    for tag in ("reward", "rewards/format_reward/mean", "rewards/equation_reward/mean",
+                "completions/mean_length", "learning_rate"):  # fmt: skip
+        events = curves.Scalars(f"train/{tag}")
+        assert [e.step for e in events] == steps, tag
+        assert [e.value for e in events] == pytest.approx([logged[s][tag] for s in steps])
+
+
 def test_samples_and_scores_for_every_step(tiny_dag: Path) -> None:
     n = CFG["dataset"]["eval_size"] * CFG["sampling"]["k"]
     for step in STEPS:

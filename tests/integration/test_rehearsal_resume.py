@@ -30,7 +30,8 @@ pytestmark = pytest.mark.slow
 
 # Long enough that the signal lands mid-run however fast a step is (qlora ≈ 0.5 s a step on two
 # cores, colocate ≈ 2 s, server ≈ 10 s: its two ranks generate over HTTP), short enough to resume.
-MAX_STEPS = {"qwen-qlora": 24, "qwen-zero3-colocate": 12, "qwen-zero3": 8, "qwen-zero3-nodes": 8}
+MAX_STEPS = {"qwen-qlora": 24, "qwen-zero3-colocate": 12, "qwen-zero3": 8, "qwen-zero3-nodes": 8,
+             "qwen-zero3-colocate-nodes": 12}  # fmt: skip
 SEED = 42  # config/config.yaml's seed: the run's one replicate, results/runs/RUN/seed-42
 
 
@@ -124,7 +125,7 @@ def rerun_and_check(tmp_path: Path, files: list[Path], run: str, interrupted_at:
     assert logged == list(range(1, max_steps + 1))
 
 
-@pytest.mark.parametrize("run", ["qwen-qlora", "qwen-zero3-colocate"])
+@pytest.mark.parametrize("run", ["qwen-qlora", "qwen-zero3-colocate", "qwen-zero3-colocate-nodes"])
 def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
     files, proc, trainer = start(tmp_path, run)
     try:
@@ -138,7 +139,7 @@ def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
     assert not {pid for pid in tree if alive(pid)}, "processes of the killed job survived"
     killed_at = newest_complete(trainer)
     assert 4 <= killed_at < MAX_STEPS[run]
-    if run == "qwen-zero3-colocate":
+    if run.startswith("qwen-zero3"):  # both ranks' ZeRO-3 state, on one node or across two
         assert (trainer / f"checkpoint-{killed_at}" / f"global_step{killed_at}").is_dir()
     rerun_and_check(tmp_path, files, run, killed_at)
 
