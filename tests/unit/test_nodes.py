@@ -117,6 +117,10 @@ def test_accelerate_takes_a_nodes_argv_as_torchrun_across_machines(monkeypatch) 
     accelerate_launch.prepare_deepspeed_cmd_env(args)
     assert (args.nnodes, args.node_rank, args.nproc_per_node) == ("2", 1, "4")
     assert (args.rdzv_backend, args.rdzv_endpoint) == ("c10d", "10.0.0.1:29511")
+    assert args.rdzv_conf == "is_host=0"  # only machine 0 hosts the store
+    from torch.distributed.elastic.rendezvous.utils import _parse_rendezvous_config
+
+    assert _parse_rendezvous_config(args.rdzv_conf) == {"is_host": "0"}  # torchrun's reading
 
 
 def test_hosts_are_the_jobs_first_or_stand_ins_on_a_rehearsal() -> None:

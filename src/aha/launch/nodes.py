@@ -171,6 +171,11 @@ def accelerate_argv(
         str(point["port"]),
         "--rdzv_backend",
         "c10d",
+        # Machine 0 hosts the c10d store at its published port, no other machine: torch would
+        # otherwise let any agent whose address matches bind it, which stand-in nodes on one
+        # machine all do, and accelerate then finds machine 0's port taken.
+        "--rdzv_conf",
+        f"is_host={1 if machine_rank == 0 else 0}",
         *args,
     ]
 
