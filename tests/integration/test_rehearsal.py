@@ -22,7 +22,7 @@ from tests.conftest import REHEARSAL_CONFIGS, rehearsal_python
 pytestmark = pytest.mark.slow
 
 OVERLAY = yaml.safe_load(REHEARSAL_CONFIGS[1].read_text())
-RUNS = ("qwen-zero3", "qwen-zero3-colocate", "qwen-qlora")
+RUNS = tuple(OVERLAY["runs"])  # every run of the rehearsal, those across nodes too
 STEPS = [0, *OVERLAY["checkpoints"]]
 N_SAMPLES = OVERLAY["dataset"]["eval_size"] * OVERLAY["sampling"]["k"]
 
