@@ -7,6 +7,7 @@ partition, no account, GPUs scaled to the node's fake ones, CPUs and memory scal
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -49,19 +50,13 @@ def _skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def local_slurm() -> Iterator[Path]:
-    """A running single-node cluster; its directory. Stopped afterwards, also on failure."""
-    if reason := _skip_reason():
-        pytest.skip(reason)
+@contextlib.contextmanager
+def running_cluster(prefix: str, settings: dict[str, str], label: str) -> Iterator[Path]:
+    """tests/slurm/local-slurm.sh's cluster with `settings` (AHA_SLURM_*), SLURM_CONF and its
+    bin/ first on PATH while inside; its directory. Stopped afterwards, also on failure."""
     # Directly under /tmp: munged, running as the munge user, must reach its socket and key.
-    cluster = Path(tempfile.mkdtemp(prefix="aha-slurm-"))
-    env = {
-        **os.environ,
-        "AHA_SLURM_PARTITION": PARTITION,
-        "AHA_SLURM_GPUS": str(FAKE_GPUS),
-        "AHA_SLURM_GPU_TYPE": GPU_TYPE,
-    }
+    cluster = Path(tempfile.mkdtemp(prefix=prefix))
+    env = {**os.environ, **settings}
     with pytest.MonkeyPatch.context() as mp:
         try:
             started = subprocess.run(
@@ -71,7 +66,7 @@ def local_slurm() -> Iterator[Path]:
                 capture_output=True,
                 timeout=900,
             )
-            assert started.returncode == 0, f"local SLURM did not start:\n{started.stderr[-4000:]}"
+            assert started.returncode == 0, f"{label} did not start:\n{started.stderr[-4000:]}"
             mp.setenv("SLURM_CONF", str(cluster / "slurm.conf"))
             mp.setenv("PATH", f"{cluster / 'bin'}{os.pathsep}{os.environ['PATH']}")
             yield cluster
@@ -84,7 +79,21 @@ def local_slurm() -> Iterator[Path]:
                 timeout=120,
             )
             shutil.rmtree(cluster, ignore_errors=True)
-            assert stopped.returncode == 0, f"local SLURM did not stop:\n{stopped.stderr}"
+            assert stopped.returncode == 0, f"{label} did not stop:\n{stopped.stderr}"
+
+
+@pytest.fixture(scope="module")
+def local_slurm() -> Iterator[Path]:
+    """A running single-node cluster; its directory. Stopped afterwards, also on failure."""
+    if reason := _skip_reason():
+        pytest.skip(reason)
+    settings = {
+        "AHA_SLURM_PARTITION": PARTITION,
+        "AHA_SLURM_GPUS": str(FAKE_GPUS),
+        "AHA_SLURM_GPU_TYPE": GPU_TYPE,
+    }
+    with running_cluster("aha-slurm-", settings, "local SLURM") as cluster:
+        yield cluster
 
 
 def test_profile(dest: Path, **train: Any) -> Path:

@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,8 +32,8 @@ from tests.integration.test_slurm import (
     FAST_STATUS,
     GPU_TYPE,
     PARTITION,
-    SCRIPT,
     _skip_reason,
+    running_cluster,
     slurm_logs,
     test_profile,
 )
@@ -64,40 +63,14 @@ def two_node_slurm() -> Iterator[Path]:
     """A running two-node cluster; its directory. Stopped afterwards, also on failure."""
     if reason := _nodes_skip_reason():
         pytest.skip(reason)
-    # Directly under /tmp: munged, running as the munge user, must reach its socket and key.
-    cluster = Path(tempfile.mkdtemp(prefix="aha-slurm-nodes-"))
-    env = {
-        **os.environ,
+    settings = {
         "AHA_SLURM_NODES": str(NODES),
         "AHA_SLURM_PARTITION": PARTITION,
         "AHA_SLURM_GPUS": str(GPUS_PER_NODE),
         "AHA_SLURM_GPU_TYPE": GPU_TYPE,
     }
-    with pytest.MonkeyPatch.context() as mp:
-        try:
-            started = subprocess.run(
-                [str(SCRIPT), "start", str(cluster)],
-                env=env,
-                text=True,
-                capture_output=True,
-                timeout=900,
-            )
-            assert started.returncode == 0, (
-                f"two-node SLURM did not start:\n{started.stderr[-4000:]}"
-            )
-            mp.setenv("SLURM_CONF", str(cluster / "slurm.conf"))
-            mp.setenv("PATH", f"{cluster / 'bin'}{os.pathsep}{os.environ['PATH']}")
-            yield cluster
-        finally:
-            stopped = subprocess.run(
-                [str(SCRIPT), "stop", str(cluster)],
-                env=env,
-                text=True,
-                capture_output=True,
-                timeout=120,
-            )
-            shutil.rmtree(cluster, ignore_errors=True)
-            assert stopped.returncode == 0, f"two-node SLURM did not stop:\n{stopped.stderr}"
+    with running_cluster("aha-slurm-nodes-", settings, "two-node SLURM") as cluster:
+        yield cluster
 
 
 def job_fields(job: str) -> dict[str, str]:
