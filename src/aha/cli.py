@@ -56,6 +56,19 @@ def add_json(
     return p.add_argument(flag, type=json_arg(build), metavar="JSON", **kwargs)
 
 
+def argv_list(value: Any) -> list[str]:
+    """`build` for `add_json` of a command line: a non-empty JSON list of strings."""
+    if not (isinstance(value, list) and value and all(isinstance(x, str) for x in value)):
+        raise ValueError("must be a JSON list of strings")
+    return value
+
+
+def split_command(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(own options, the command after `--`) of a launcher's argv; no `--`: no command."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    return argv[:cut], argv[cut + 1 :]
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One log line format for every stage (the rule's log file shows them in order)."""
     logging.basicConfig(level=level, format=LOG_FORMAT, force=True)

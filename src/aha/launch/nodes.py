@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aha.cli import add_json, failing_as, parser
+from aha.cli import add_json, argv_list, failing_as, parser, split_command
 from aha.formats import write_atomic
 from aha.launch.commands import LaunchError
 from aha.launch.process_tree import KILL_WAIT_S
@@ -283,7 +283,7 @@ def _nodes_parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--rehearsal", action="store_true",
                    help="outside a SLURM job of enough nodes, stand the nodes in on this machine")  # fmt: skip
     p.add_argument("--hosts", help="comma-separated training hosts (default: the SLURM job's)")
-    add_json(p, "--server-wrapper", _argv, required=False,
+    add_json(p, "--server-wrapper", argv_list, required=False,
              help="JSON argv of `aha with-vllm-server ... ` (server mode): run on one more node, "
              "the last, around the training nodes")  # fmt: skip
     p.add_argument("--grace", type=float, default=60.0,
@@ -292,19 +292,8 @@ def _nodes_parser(prog: str) -> argparse.ArgumentParser:
     return p
 
 
-def _argv(value: Any) -> list[str]:
-    if not (isinstance(value, list) and value and all(isinstance(x, str) for x in value)):
-        raise ValueError("must be a JSON list of strings")
-    return value
-
-
-def _split(argv: list[str]) -> tuple[list[str], list[str]]:
-    cut = argv.index("--") if "--" in argv else len(argv)
-    return argv[:cut], argv[cut + 1 :]
-
-
 def nodes_cli(argv: list[str], prog: str) -> None:
-    own, rest = _split(argv)
+    own, rest = split_command(argv)
     p = _nodes_parser(prog)
     args = p.parse_args(own)
     if not rest:
@@ -367,7 +356,7 @@ def machine_rank(explicit: int | None, env: Mapping[str, str] = os.environ) -> i
 
 
 def node_cli(argv: list[str], prog: str) -> None:
-    own, rest = _split(argv)
+    own, rest = split_command(argv)
     p = parser(prog, "One node of a run across nodes: rendezvous, then `accelerate launch`. "
                "Usage: %(prog)s --nodes N --per-node G --rendezvous FILE --head HOST -- ARGS")  # fmt: skip
     p.add_argument("--nodes", type=int, required=True)

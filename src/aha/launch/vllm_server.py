@@ -44,7 +44,7 @@ from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import IO, Any
 
-from aha.cli import add_json, failing_as, parser
+from aha.cli import add_json, argv_list, failing_as, parser, split_command
 from aha.config import ENV_GROUP_PORT, ENV_SERVER_URL
 from aha.launch.commands import DEFAULT_SIGNAL_LEAD_S, SERVER_GRACE_S, LaunchError, StopBudget
 from aha.launch.ports import PortError, PortWatch, listening_inodes, reserve_ports
@@ -388,12 +388,6 @@ def _mapping(value: Any) -> dict[str, Any]:
     return value
 
 
-def _argv(value: Any) -> list[str]:
-    if not (isinstance(value, list) and value and all(isinstance(x, str) for x in value)):
-        raise ValueError("must be a JSON list of strings")
-    return value
-
-
 def _server_options(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add("--model", required=True, help="model the server serves (Hub id or dir)")
@@ -428,7 +422,7 @@ def _server_options(group: argparse._ArgumentGroup) -> None:
     add_json(
         group,
         "--server-command",
-        _argv,
+        argv_list,
         required=False,
         help="JSON list replacing `python -m vllm.entrypoints.cli.main serve` (tests use a "
         "stand-in server); MODEL, --host, --port and the server flags are appended",
@@ -481,10 +475,9 @@ def _server_argv(args: argparse.Namespace, port: int) -> list[str]:
 
 
 def cli(argv: list[str], prog: str) -> None:
-    cut = argv.index("--") if "--" in argv else len(argv)
+    own, command = split_command(argv)
     p = _parser(prog)
-    args = p.parse_args(argv[:cut])
-    command = argv[cut + 1 :]
+    args = p.parse_args(own)
     if not command:
         p.error("no training command: put it after `--`")
     with failing_as(prog, LaunchError, ServerError, PortError):
