@@ -148,7 +148,18 @@ def job_stats(output: str) -> Counter[str]:
 
 
 def files_under(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    """Every file under `root`, relative; a TensorBoard event file by its folder, since its name
+    carries the writer's start time, host and pid."""
+    return {
+        str(p.parent.relative_to(root) / EVENTS)
+        if p.name.startswith(EVENTS)
+        else str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+EVENTS = "events.out.tfevents."
 
 
 @pytest.mark.slow
