@@ -9,6 +9,7 @@ their checkpoints are then sampled again with transformers.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -211,6 +212,26 @@ def test_checkpoints_also_sample_with_transformers(rehearsal_dag, tmp_path: Path
             cmd += ["--quantization", quantization]
         subprocess.run(cmd, cwd=workdir, check=True, capture_output=True, timeout=600)
         assert len(read_jsonl(out)) == N_SAMPLES
+
+
+def test_a_checkpoint_also_samples_through_vllms_own_processes(rehearsal_dag, tmp_path) -> None:
+    """The DAG samples with vLLM in process on the CPU (aha.launch.vllm_sampler); the GPU's
+    engine core and worker run in processes of their own, spawned from `python -m aha`. That
+    topology, asked for through the environment, samples a checkpoint here too."""
+    workdir, _ = rehearsal_dag
+    out = tmp_path / "step-4.jsonl"
+    cmd = [str(rehearsal_python()), "-m", "aha", "sample", "--model",
+           f"results/runs/qwen-zero3-colocate/seed-{SEED}/checkpoints/step-4.json",
+           "--eval", "results/data/eval.parquet", "--sampling", json.dumps(OVERLAY["sampling"]),
+           "--backend", "vllm", "--device", "cpu", "--run", "qwen-zero3-colocate", "--step", "4",
+           "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "(EngineCore pid=" in proc.stderr  # the engine core ran in a process of its own
+    assert len(read_jsonl(out)) == N_SAMPLES
+    dag_log = (workdir / "logs" / "sample" / f"qwen-zero3-colocate-seed{SEED}-4.log").read_text()
+    assert "(EngineCore pid=" not in dag_log  # ... and in the DAG's, in the stage's process
 
 
 def test_a_qlora_run_is_sampled_in_4_bit_at_every_step(rehearsal_dag) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -121,6 +123,25 @@ def test_hf_load_kwargs_per_device() -> None:
     assert on_gpu["device_map"] == {"": 0} and on_gpu["dtype"] == "auto"
     assert on_gpu["quantization_config"].bnb_4bit_quant_type == "nf4"
     assert sample.hf_load_kwargs(nf4, "cpu")["device_map"] == {"": "cpu"}
+
+
+def test_vllm_runs_in_process_on_the_cpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CPU's one-process engine is the CPU's alone: the GPU gets vLLM's own processes."""
+    from aha.launch import vllm_sampler
+
+    assert vllm_sampler.engine_env("cuda") == {}
+    assert vllm_sampler.engine_env("cpu") == {
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    }
+    # what the environment says wins: a test or a user asks for vLLM's processes on the CPU
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setitem(sys.modules, "vllm", None)  # stop at the import
+    with pytest.raises(ImportError):
+        vllm_sampler.sample_vllm("m", None, ["p"], 1, 1.0, 1.0, 4, 0, device="cpu")
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "1"
+    assert os.environ["VLLM_CPU_KVCACHE_SPACE"] == "1"
 
 
 def test_each_run_is_sampled_by_its_modes_sampler_the_same_on_either_device() -> None:

@@ -20,6 +20,14 @@ from typing import Any, NamedTuple
 # `gpu_memory_utilization`, which on the CPU is a share of the NUMA node's memory (0.9 of it
 # by default, refused when other jobs hold some). The rehearsal's launcher sets the same value.
 CPU_KVCACHE_GIB = "1"
+# On the CPU the engine runs in the stage's own process. vLLM's default (the GPU's) gives the
+# engine core and its worker a process each, and each re-imports torch and vLLM: a sample of
+# the tiny model took 33-37 s that way on two cores and 13-15 s in process, and only the
+# in-process one repeated its completions exactly under the engine seed. Without
+# multiprocessing vLLM keeps its one-process "uni" executor on the CPU (vllm/platforms/cpu.py).
+# The GPU keeps vLLM's processes; test_rehearsal.py samples a checkpoint with them on the CPU
+# too, so that path stays rehearsed. Set in the environment, either value wins.
+CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": CPU_KVCACHE_GIB, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 # vLLM compiles kernels for these LoRA ranks; an adapter's rank is rounded up to one of them.
 _LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -88,6 +96,11 @@ def engine_kwargs(
     return kwargs
 
 
+def engine_env(device: str) -> dict[str, str]:
+    """The environment vLLM's engine reads at import on `device`: none on the GPU."""
+    return dict(CPU_ENGINE_ENV) if device == "cpu" else {}
+
+
 def sample_vllm(
     model_dir_or_id: str,
     adapter_dir: str | None,
@@ -108,8 +121,8 @@ def sample_vllm(
     The seed is the engine's: a per-request `SamplingParams(seed=...)` kills vLLM's CPU worker
     (`CPU Generator does not use offset`), and the engine seed makes a run just as repeatable.
     """
-    if device == "cpu":
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB)
+    for name, value in engine_env(device).items():
+        os.environ.setdefault(name, value)
     from vllm import LLM, SamplingParams
 
     lora_request = None
