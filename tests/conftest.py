@@ -127,6 +127,21 @@ def rehearsal_python() -> Path:
 
 
 @pytest.fixture(scope="session")
+def rehearsal_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The rehearsal's tiny model and data, built by the DAG once per session: a `results/`
+    for tests that train one run to copy in (`copy_inputs`), whose overrides touch neither."""
+    workdir = tmp_path_factory.mktemp("rehearsal-inputs")
+    snakemake(workdir, "--cores", "2", "results/models/tiny", "results/data/train.parquet",
+              configfile=REHEARSAL_CONFIGS, python=rehearsal_python())  # fmt: skip
+    return workdir / "results"
+
+
+def copy_inputs(inputs: Path, workdir: Path) -> None:
+    """Copy built inputs into `workdir`, times kept, so that its DAG takes them as built."""
+    shutil.copytree(inputs, workdir / "results")
+
+
+@pytest.fixture(scope="session")
 def rehearsal_dag(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """`make rehearsal`, really run once per session: the seed's runs on the CPU, and the report.
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REHEARSAL_CONFIGS, rehearsal_python, snakemake
+from tests.conftest import REHEARSAL_CONFIGS, copy_inputs, rehearsal_python, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -38,9 +38,10 @@ def overlay(tmp_path: Path) -> Path:
 
 
 def test_two_server_runs_at_once_each_use_their_own_server(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, rehearsal_inputs: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     python = rehearsal_python()  # skips without .venv-rehearsal
+    copy_inputs(rehearsal_inputs, tmp_path)  # the tiny model and data, built once per session
     for name in ("http_proxy", "HTTP_PROXY"):
         monkeypatch.setenv(name, DEAD_PROXY)
     for name in ("no_proxy", "NO_PROXY"):

@@ -23,14 +23,20 @@ import pytest
 import yaml
 
 from aha.launch.process_tree import descendants
-from tests.conftest import REHEARSAL_CONFIGS, SNAKEFILE, rehearsal_python, snakemake
+from tests.conftest import (
+    REHEARSAL_CONFIGS,
+    SNAKEFILE,
+    copy_inputs,
+    rehearsal_python,
+    snakemake,
+)
 from tests.processes import alive
 
 pytestmark = pytest.mark.slow
 
 # Long enough that the signal lands mid-run however fast a step is (qlora ≈ 0.5 s a step on two
 # cores, colocate ≈ 2 s, server ≈ 10 s: its two ranks generate over HTTP), short enough to resume.
-MAX_STEPS = {"qwen-qlora": 24, "qwen-zero3-colocate": 12, "qwen-zero3": 8, "qwen-zero3-nodes": 8,
+MAX_STEPS = {"qwen-qlora": 24, "qwen-zero3-colocate": 12, "qwen-zero3": 6, "qwen-zero3-nodes": 6,
              "qwen-zero3-colocate-nodes": 12}  # fmt: skip
 SEED = 42  # config/config.yaml's seed: the run's one replicate, results/runs/RUN/seed-42
 
@@ -60,13 +66,13 @@ def newest_complete(trainer: Path) -> int:
     return max(steps, default=0)
 
 
-def start(tmp_path: Path, run: str) -> tuple[list[Path], subprocess.Popen, Path]:
-    """Build the model and data, then start training `run` in the background: (configs,
-    the snakemake process in a session of its own, the run's trainer folder)."""
+def start(tmp_path: Path, inputs: Path, run: str) -> tuple[list[Path], subprocess.Popen, Path]:
+    """Copy in the model and data (times kept, so the DAG takes them as built), then start
+    training `run` in the background: (configs, the snakemake process in a session of its
+    own, the run's trainer folder)."""
     python = rehearsal_python()
     files = configs(tmp_path, run)
-    snakemake(tmp_path, "--cores", "2", "results/models/tiny", "results/data/train.parquet",
-              configfile=files, python=python)  # fmt: skip
+    copy_inputs(inputs, tmp_path)
     cmd = [str(python), "-m", "snakemake", "-s", str(SNAKEFILE), "-d", str(tmp_path)]
     target = f"results/runs/{run}/seed-{SEED}/checkpoints"
     cmd += ["--configfile", *map(str, files), "--cores", "2", target]
@@ -126,8 +132,8 @@ def rerun_and_check(tmp_path: Path, files: list[Path], run: str, interrupted_at:
 
 
 @pytest.mark.parametrize("run", ["qwen-qlora", "qwen-zero3-colocate", "qwen-zero3-colocate-nodes"])
-def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
-    files, proc, trainer = start(tmp_path, run)
+def test_killed_gpu_mode_training_resumes(tmp_path: Path, rehearsal_inputs: Path, run: str) -> None:
+    files, proc, trainer = start(tmp_path, rehearsal_inputs, run)
     try:
         wait_for_checkpoint(proc, trainer, 4)
         time.sleep(0.5)  # into the next step, or into writing a checkpoint: both must resume
@@ -146,11 +152,11 @@ def test_killed_gpu_mode_training_resumes(tmp_path: Path, run: str) -> None:
 
 @pytest.mark.parametrize("run", ["qwen-zero3", "qwen-zero3-nodes"])
 def test_preempted_server_run_saves_through_the_live_server_and_resumes(
-    tmp_path: Path, run: str
+    tmp_path: Path, rehearsal_inputs: Path, run: str
 ) -> None:
     """On one node, and across two stand-in nodes (`aha nodes`) with the server on a third:
     every node's rank saves its part of the checkpoint before the server stops."""
-    files, proc, trainer = start(tmp_path, run)
+    files, proc, trainer = start(tmp_path, rehearsal_inputs, run)
     try:
         wait_for_checkpoint(proc, trainer, 2)
         before = newest_complete(trainer)
