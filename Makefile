@@ -5,6 +5,11 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
+# pytest-xdist workers of `make test` and `make integration`: most integration tests wait on a
+# subprocess (a server starting, a SLURM poll, a rendezvous) more than they compute, so two
+# workers on two cores finish sooner; tests/conftest.py keeps those sharing a costly build on one.
+TEST_WORKERS ?= 2
+XDIST  := -n $(TEST_WORKERS) --dist loadgroup
 STAMP  := $(VENV)/.installed
 # The rehearsal environment: the same project with vLLM's CPU build, bitsandbytes and DeepSpeed.
 RVENV  ?= .venv-rehearsal
@@ -66,7 +71,7 @@ demo: $(STAMP)
 # installed and is skipped where not (tests/conftest.py, rehearsal_python).
 test: $(STAMP) $(RSTAMP)
 	scripts/install-chromium.sh
-	$(BIN)/python -m pytest -ra --durations=20 -m "not rebuild"
+	$(BIN)/python -m pytest -ra --durations=20 -m "not rebuild" $(XDIST)
 
 # The rebuild of the committed tiny model from its recipe (15-19 min on 2 cores): run it when the
 # build (stages/build_tiny_model.py, tiny/) or the recipe changes; CI runs it after `make test`.
@@ -78,7 +83,7 @@ unit: $(STAMP)
 
 integration: $(STAMP) $(RSTAMP)
 	scripts/install-chromium.sh
-	$(BIN)/python -m pytest tests/integration -ra --durations=20 -m "not rebuild"
+	$(BIN)/python -m pytest tests/integration -ra --durations=20 -m "not rebuild" $(XDIST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

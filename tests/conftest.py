@@ -26,6 +26,54 @@ UNIT = ROOT / "tests" / "unit"
 INTEGRATION_ONLY = ("slow", "slurm", "browser")
 
 
+# `make test` runs on two pytest-xdist workers (`-n 2 --dist loadgroup`): most tests wait on a
+# subprocess more than they compute. Tests that share what is costly to build stay on one
+# worker, which builds it once: the session's tiny DAG with the local SLURM clusters (one at a
+# time on a host; test_slurm.py compares its run with the tiny DAG), the rehearsal DAG, and the
+# modules whose module-scoped fixture trains. Grouped by module, by our own scheduler: xdist
+# 3.8's loadgroup reads `xdist_group` marks from node ids, which pytest 9.2 no longer lets it
+# change, so it does not group at all (pytest-xdist issue #1386). Every other test goes alone.
+WORKER_GROUPS = {
+    "tiny-dag": ("test_e2e.py", "test_browser.py", "test_slurm.py", "test_slurm_nodes.py"),
+    "rehearsal-dag": ("test_rehearsal.py",),
+    "tracking": ("test_tracking.py",),
+    "train-runs": ("test_train_runs.py",),
+}
+MODULE_GROUP = {module: group for group, modules in WORKER_GROUPS.items() for module in modules}
+# What a test may only use from a module of its group: else that worker builds it again.
+SHARED_BUILDS = {
+    "tiny_dag": "tiny-dag",
+    "workdir_copy": "tiny-dag",
+    "rehearsal_dag": "rehearsal-dag",
+}
+
+
+def shared_build_outside_its_group(item: pytest.Item) -> str | None:
+    """The group a test should be in and is not (`WORKER_GROUPS`), if any."""
+    wanted = {
+        SHARED_BUILDS[name] for name in getattr(item, "fixturenames", ()) if name in SHARED_BUILDS
+    }
+    if item.get_closest_marker("slurm"):
+        wanted.add("tiny-dag")
+    group = MODULE_GROUP.get(item.path.name)
+    return next((want for want in sorted(wanted) if want != group), None)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadgroup`, by the module groups above; None (xdist's own) for other modes."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroups(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+            return MODULE_GROUP.get(module, nodeid)
+
+    return ModuleGroups(config, log)
+
+
 @pytest.hookimpl(trylast=True)  # after -m, -k and --deselect: only the tests that would run
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """A unit test marked slow, slurm or browser belongs in tests/integration: refused."""
@@ -39,6 +87,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         raise pytest.UsageError(
             "tests/unit is the fast tier; move these to tests/integration:\n  "
             + "\n  ".join(misplaced)
+        )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test sharing a costly build from a module outside its group fails (a UsageError at
+    collection would be lost inside an xdist worker)."""
+    group = shared_build_outside_its_group(item)
+    if group is not None:
+        pytest.fail(
+            f"{item.path.name} shares the {group} build: add it to that group of "
+            "tests/conftest.py WORKER_GROUPS, or its worker builds it again",
+            pytrace=False,
         )
 
 
