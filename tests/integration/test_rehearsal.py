@@ -228,7 +228,8 @@ def test_a_checkpoint_also_samples_through_vllms_own_processes(rehearsal_dag, tm
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "(EngineCore pid=" in proc.stderr  # the engine core ran in a process of its own
+    # vLLM logs to stdout: the engine core ran in a process of its own
+    assert "(EngineCore pid=" in proc.stdout + proc.stderr
     assert len(read_jsonl(out)) == N_SAMPLES
     dag_log = (workdir / "logs" / "sample" / f"qwen-zero3-colocate-seed{SEED}-4.log").read_text()
     assert "(EngineCore pid=" not in dag_log  # ... and in the DAG's, in the stage's process
