@@ -184,6 +184,14 @@ def test_every_step_is_sampled_by_its_runs_sampler_scored_and_reported(rehearsal
     assert "note: runs.qwen-zero3-colocate: vllm_mode colocate trains on all 2 devices" in output
 
 
+def sample_command(python: Path, run: str, sampling: str, backend: str, out: Path) -> list[str]:
+    """`python -m aha sample` of `run`'s step-4 checkpoint on the CPU, in a rehearsal folder."""
+    cmd = [str(python), "-m", "aha", "sample"]
+    cmd += ["--model", f"results/runs/{run}/seed-{SEED}/checkpoints/step-4.json"]
+    cmd += ["--eval", "results/data/eval.parquet", "--sampling", sampling, "--backend", backend]
+    return [*cmd, "--device", "cpu", "--run", run, "--step", "4", "--out", str(out)]
+
+
 def test_checkpoints_also_sample_with_transformers(rehearsal_dag, tmp_path: Path) -> None:
     workdir, _ = rehearsal_dag
     python = rehearsal_python()
@@ -198,16 +206,7 @@ def test_checkpoints_also_sample_with_transformers(rehearsal_dag, tmp_path: Path
     )
     for run in RUNS:
         out = tmp_path / f"{run}.jsonl"
-        cmd = [
-            str(python),
-            "-m",
-            "aha",
-            "sample",
-            "--model",
-            f"results/runs/{run}/seed-{SEED}/checkpoints/step-4.json",
-        ]
-        cmd += ["--eval", "results/data/eval.parquet", "--sampling", sampling, "--backend", "hf"]
-        cmd += ["--device", "cpu", "--run", run, "--step", "4", "--out", str(out)]
+        cmd = sample_command(python, run, sampling, "hf", out)
         if run == "qwen-qlora":
             cmd += ["--quantization", quantization]
         subprocess.run(cmd, cwd=workdir, check=True, capture_output=True, timeout=600)
@@ -220,11 +219,8 @@ def test_a_checkpoint_also_samples_through_vllms_own_processes(rehearsal_dag, tm
     topology, asked for through the environment, samples a checkpoint here too."""
     workdir, _ = rehearsal_dag
     out = tmp_path / "step-4.jsonl"
-    cmd = [str(rehearsal_python()), "-m", "aha", "sample", "--model",
-           f"results/runs/qwen-zero3-colocate/seed-{SEED}/checkpoints/step-4.json",
-           "--eval", "results/data/eval.parquet", "--sampling", json.dumps(OVERLAY["sampling"]),
-           "--backend", "vllm", "--device", "cpu", "--run", "qwen-zero3-colocate", "--step", "4",
-           "--out", str(out)]  # fmt: skip
+    sampling = json.dumps(OVERLAY["sampling"])
+    cmd = sample_command(rehearsal_python(), "qwen-zero3-colocate", sampling, "vllm", out)
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
